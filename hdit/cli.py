@@ -1,0 +1,40 @@
+"""`hdit` command line: thin wrappers. Each subcommand lives in its own module, which provides
+`add_arguments(parser)` and `main(args) -> int`; the logic stays in the library."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "flops": ("hdit.flops", "count GFLOPs (MACs) and parameters with fvcore (Table 1 / Table 6 / Figure 2)"),
+    "train": ("hdit.train", "train a config (paper row) under a profile; resumable"),
+    "sample": ("hdit.sample", "draw samples from a trained run into .npz shards; resumable"),
+    "fid": ("hdit.metrics", "FID / KID / IS with clean-fid and an offline Inception network"),
+    "data": ("hdit.data.cli", "export dataset images (e.g. the embedded dataset) as .npz shards"),
+    "report": ("hdit.report.cli", "render tables and figures into results/"),
+    "bench": ("hdit.bench", "GPU/CPU throughput, latency and memory benchmarks"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hdit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        if name in sys.argv[1:2]:  # import only the module that is being run (torch imports are slow)
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    sys.argv[1:] = argv
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Config registry: one entry per paper row (Table 1, 2, 5 and Table 6).
+
+Every model, training and sampling setting the harness uses comes from here. Variants are
+`dataclasses.replace` of a parent row, mirroring how the paper builds each ablation step on the
+previous one (A -> B1/B2 -> C -> D -> E). Profiles (`hdit.profiles`) scale these configs down for the
+embedded CPU default; the `paper` profile uses them unchanged (Table 6).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, replace
+
+ATTENTION_KINDS = ("global", "neighborhood", "shifted_window")
+FF_KINDS = ("geglu", "gelu")
+POS_EMB_KINDS = ("rope", "additive", "sincos")
+SKIP_KINDS = ("lerp", "add", "concat")
+WEIGHTINGS = ("snr", "min-snr", "soft-min-snr", "ddpm-hybrid")
+SAMPLERS = ("dpmpp-3m-sde", "ddpm")
+
+
+class ConfigError(ValueError):
+    """A config ID, resolution or value that the registry cannot satisfy."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone architecture. `family` picks HDiT (`hdit.model`) or DiT (`baselines.dit`).
+
+    Per-level tuples run from the outermost (highest-resolution) level to the innermost one.
+    """
+
+    family: str  # "hdit" | "dit"
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    attention: tuple[str, ...]  # per level, one of ATTENTION_KINDS
+    ff: str = "geglu"  # GEGLU with d_ff = 3d (step C on); plain GELU MLP with d_ff = 4d before
+    pos_emb: str = "rope"  # axial RoPE (step D on); additive learned embedding before; DiT: sincos
+    skip: str = "lerp"  # Table 2
+    patch_size: int = 4
+    head_dim: int = 64
+    kernel_size: int = 7  # neighborhood attention kernel
+    window_size: int = 8  # shifted-window attention (B1)
+    mapping_depth: int = 1
+    mapping_width: int = 768
+    dropout: tuple[float, ...] = ()  # per level; empty = no dropout
+    num_classes: int = 1000  # 0 = unconditional
+    in_channels: int = 3
+    resolution: int = 128  # the resolution the widths/depths above are specified for
+    learn_sigma: bool = False  # DiT only: 2x output channels (R1)
+    # Resolution adaptation (Sec. 4.1, 5.2): each doubling of resolution adds a new, independent
+    # outer level of this width/depth using the level's local attention (A: global).
+    outer_width: int = 384
+    outer_depth: int = 2
+    outer_attention: str = "neighborhood"
+
+    def __post_init__(self):
+        n = len(self.widths)
+        if self.family not in ("hdit", "dit"):
+            raise ConfigError(f"family={self.family!r}; expected 'hdit' or 'dit'")
+        if len(self.depths) != n or len(self.attention) != n:
+            raise ConfigError(f"widths/depths/attention lengths differ: {self.widths} {self.depths} {self.attention}")
+        if self.dropout and len(self.dropout) != n:
+            raise ConfigError(f"dropout {self.dropout} must have one entry per level ({n})")
+        for name, value, allowed in (("ff", self.ff, FF_KINDS), ("pos_emb", self.pos_emb, POS_EMB_KINDS),
+                                     ("skip", self.skip, SKIP_KINDS),
+                                     ("outer_attention", self.outer_attention, ATTENTION_KINDS)):
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r}; expected one of {allowed}")
+        for a in self.attention:
+            if a not in ATTENTION_KINDS:
+                raise ConfigError(f"attention={a!r}; expected one of {ATTENTION_KINDS}")
+        for w in self.widths:
+            if w % self.head_dim:
+                raise ConfigError(f"width {w} is not a multiple of head_dim {self.head_dim}")
+
+    @property
+    def d_ffs(self) -> tuple[int, ...]:
+        mult = 3 if self.ff == "geglu" else 4
+        return tuple(mult * w for w in self.widths)
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        return tuple(w // self.head_dim for w in self.widths)
+
+    @property
+    def level_dropout(self) -> tuple[float, ...]:
+        return self.dropout or (0.0,) * len(self.widths)
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+    def at_resolution(self, resolution: int) -> "ModelConfig":
+        """The paper's resolution adaptation: one new outer level per doubling (HDiT only).
+
+        Below the native resolution the rule runs backwards (outer levels are dropped).
+        """
+        if resolution == self.resolution:
+            return self
+        check_resolution(resolution, minimum=min(128, self.resolution))
+        if self.family == "dit":
+            return replace(self, resolution=resolution)
+        k = int(round(math.log2(resolution / self.resolution)))
+        if k < 0:  # the inverse rule: drop outer levels, keeping at least the innermost one
+            if -k >= len(self.widths):
+                raise ConfigError(f"resolution {resolution} would remove all {len(self.widths)} levels of this model")
+            return replace(self, resolution=resolution, widths=self.widths[-k:], depths=self.depths[-k:],
+                           attention=self.attention[-k:], dropout=self.dropout[-k:] if self.dropout else ())
+        return replace(
+            self,
+            resolution=resolution,
+            widths=(self.outer_width,) * k + self.widths,
+            depths=(self.outer_depth,) * k + self.depths,
+            attention=(self.outer_attention,) * k + self.attention,
+            dropout=((0.0,) * k + self.dropout) if self.dropout else (),
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Diffusion objective and optimiser (Table 6; R1/R2 use DiT's own optimiser settings)."""
+
+    objective: str = "edm"  # "edm" (HDiT trainer) | "ddpm" (R1: ADM/DiT Gaussian diffusion)
+    weighting: str = "soft-min-snr"
+    gamma: float = 4.0  # min-SNR / soft-min-SNR gamma
+    sigma_data: float = 0.5
+    sigma_min: float = 1e-3
+    sigma_max: float = 1e3
+    sigma_density: str = "cosine-interpolated"
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 1e-2
+    batch_size: int = 256
+    steps: int = 400_000
+    ema_decay: float = 0.9999
+    # EMA warm-up (k-diffusion style): decay_t = min(ema_decay, 1 - (1 + t / ema_warmup_gamma) ** -ema_warmup_power)
+    ema_warmup_power: float = 2 / 3
+    ema_warmup_gamma: float = 1.0
+    cond_dropout: float = 0.1
+    augment_prob: float = 0.0
+    precision: str = "bf16"  # autocast dtype on GPU; CPU runs fp32 through the same code path
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"weighting={self.weighting!r}; expected one of {WEIGHTINGS}")
+        if self.objective not in ("edm", "ddpm"):
+            raise ConfigError(f"objective={self.objective!r}; expected 'edm' or 'ddpm'")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str = "dpmpp-3m-sde"
+    steps: int = 50
+    eta: float = 1.0
+    rho: float = 7.0  # Karras schedule
+    cfg_scale: float = 1.0  # paper convention: 1 = no guidance
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler={self.sampler!r}; expected one of {SAMPLERS}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "imagenet"  # "imagenet" | "ffhq" | "shapes" (embedded procedural dataset)
+    resolution: int = 128
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    id: str
+    title: str  # the paper's row label
+    table: str  # where the paper reports it
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "RunConfig":
+        def tup(x):
+            return tuple(x) if isinstance(x, list) else x
+
+        m = {k: tup(v) for k, v in d["model"].items()}
+        t = {k: tup(v) for k, v in d["train"].items()}
+        return RunConfig(id=d["id"], title=d["title"], table=d["table"], model=ModelConfig(**m),
+                         train=TrainConfig(**t), sample=SampleConfig(**d["sample"]), data=DataConfig(**d["data"]))
+
+
+def check_resolution(resolution: int, minimum: int = 128) -> int:
+    ok = isinstance(resolution, int) and resolution >= minimum and resolution & (resolution - 1) == 0
+    if not ok:
+        raise ConfigError(f"resolution {resolution!r} is not supported; expected a power of two >= {minimum}")
+    return resolution
+
+
+# --------------------------------------------------------------------------------------------
+# The registry. Comments cite the paper's description of each step (Sec. 5.2, Tables 1, 2, 5, 6).
+# --------------------------------------------------------------------------------------------
+
+# DiT-B/4 in pixel space (R1, R2): 12 layers, width 768, 12 heads, patch 4.
+_DIT_B4 = ModelConfig(family="dit", widths=(768,), depths=(12,), attention=("global",), ff="gelu",
+                      pos_emb="sincos", skip="add", learn_sigma=False)
+_DIT_OPTIM = dict(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)  # DiT's own settings (paper footnote 3)
+
+# Ablation A: hourglass [384, 768] x [2, 11], global attention everywhere, GELU 4x MLP, additive
+# positions, lerp skips, SNR weighting.
+_A = ModelConfig(family="hdit", widths=(384, 768), depths=(2, 11), attention=("global", "global"), ff="gelu",
+                 pos_emb="additive", skip="lerp", outer_attention="global")
+_SNR = TrainConfig(weighting="snr")
+
+_B1 = replace(_A, attention=("shifted_window", "global"), outer_attention="shifted_window")
+_B2 = replace(_A, attention=("neighborhood", "global"), outer_attention="neighborhood")
+_C = replace(_B2, ff="geglu")
+_D = replace(_C, pos_emb="rope")
+_E = _D
+_SOFTMIN = TrainConfig(weighting="soft-min-snr", gamma=4.0)
+
+_T1 = "Table 1"
+
+
+def _rows() -> list[RunConfig]:
+    r3_model = replace(_A, widths=(768,), depths=(12,), attention=("global",))
+    return [
+        RunConfig("R1", "DiT-B/4", _T1, replace(_DIT_B4, learn_sigma=True),
+                  TrainConfig(objective="ddpm", weighting="ddpm-hybrid", **_DIT_OPTIM),
+                  SampleConfig(sampler="ddpm", steps=250)),
+        RunConfig("R2", "R1 + our trainer (no soft-min-snr)", _T1, _DIT_B4, replace(_SNR, **_DIT_OPTIM)),
+        RunConfig("R3", "R2 + our basic blocks & mapping network", _T1, r3_model, _SNR),
+        RunConfig("R4", "R3 + soft-min-snr", _T1, r3_model, _SOFTMIN),
+        RunConfig("A", "Global Attention Diffusion Hourglass", _T1, _A, _SNR),
+        RunConfig("B1", "A + Swin Attn.", _T1, _B1, _SNR),
+        RunConfig("B2", "A + Neighborhood Attn.", _T1, _B2, _SNR),
+        RunConfig("C", "B2 + GeGLU", _T1, _C, _SNR),
+        RunConfig("D", "C + Axial RoPE", _T1, _D, _SNR),
+        RunConfig("E", "D + soft-min-snr", _T1, _E, _SOFTMIN),
+        # Table 2: skip merging, on top of E.
+        RunConfig("skip-concat", "Concatenation (U-Net)", "Table 2", replace(_E, skip="concat"), _SOFTMIN),
+        RunConfig("skip-add", "Addition (Original Hourglass)", "Table 2", replace(_E, skip="add"), _SOFTMIN),
+        RunConfig("skip-lerp", "Learnable Linear Interpolation (Ours)", "Table 2", _E, _SOFTMIN),
+        # Table 5: loss weighting, E's model.
+        RunConfig("snr", "SNR (Table 1 step D)", "Table 5", _E, _SNR),
+        RunConfig("minsnr-g5", "Min-SNR (gamma = 5)", "Table 5", _E, TrainConfig(weighting="min-snr", gamma=5.0)),
+        RunConfig("minsnr-g4", "Min-SNR (gamma = 4)", "Table 5", _E, TrainConfig(weighting="min-snr", gamma=4.0)),
+        RunConfig("softminsnr-g4", "Soft-Min-SNR (Ours, gamma = 4)", "Table 5", _E, _SOFTMIN),
+        # Table 6 models.
+        RunConfig("ffhq-1024", "HDiT-85M, FFHQ-1024", "Table 3",
+                  replace(_E, widths=(128, 256, 384, 768, 1024), depths=(2, 2, 2, 2, 2),
+                          attention=("neighborhood",) * 3 + ("global",) * 2, mapping_depth=2,
+                          dropout=(0.0, 0.0, 0.0, 0.0, 0.1), num_classes=0, resolution=1024),
+                  replace(_SOFTMIN, steps=1_000_000, augment_prob=0.12),
+                  data=DataConfig("ffhq", 1024)),
+        RunConfig("imagenet-256", "HDiT-557M, ImageNet-256", "Table 4",
+                  replace(_E, widths=(384, 768, 1536), depths=(2, 2, 16),
+                          attention=("neighborhood", "neighborhood", "global"), mapping_depth=2, resolution=256),
+                  replace(_SOFTMIN, steps=2_200_000),
+                  data=DataConfig("imagenet", 256)),
+    ]
+
+
+REGISTRY: dict[str, RunConfig] = {r.id: r for r in _rows()}
+TABLE1_ROWS = ("R1", "R2", "R3", "R4", "A", "B1", "B2", "C", "D", "E")
+TABLE2_ROWS = ("skip-concat", "skip-add", "skip-lerp")
+TABLE5_ROWS = ("snr", "minsnr-g5", "minsnr-g4", "softminsnr-g4")
+
+
+def get_config(config_id: str) -> RunConfig:
+    """The paper-scale config of a row. Raises ConfigError naming the valid IDs."""
+    try:
+        return REGISTRY[config_id]
+    except KeyError:
+        raise ConfigError(f"unknown config {config_id!r}; valid configs: {', '.join(REGISTRY)}") from None

@@ -1,0 +1,112 @@
+"""Profiles: how a paper row is scaled for the machine it runs on.
+
+`paper` is Table 6 unchanged. `default` is the embedded offline profile for a 2-core CPU: the same
+config IDs, the same code paths, shrunk by the rules in `Profile.apply` -- the only place where
+scale-down happens. A number measured under `default` is labelled with `Profile.scale_label` wherever
+it is shown; it is never the paper's protocol.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from hdit.configs import ConfigError, DataConfig, RunConfig, get_config
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    # --- model scale-down (None / 1 = unchanged) ---
+    resolution: int | None = None  # train/sample resolution; None = the config's own
+    patch_size: int | None = None
+    keep_inner_levels: int | None = None  # HDiT: keep only the innermost N levels
+    width_divisor: int = 1  # widths (and DiT width) divided by this, rounded to a multiple of head_dim
+    head_dim: int | None = None
+    depth_divisor: int = 1  # depths -> ceil(depth / divisor)
+    mapping_width: int | None = None
+    # --- data / training / sampling ---
+    dataset: str | None = None  # None = the config's dataset; "shapes" = embedded procedural data
+    num_classes: int | None = None  # for a class-conditional config on the profile's dataset
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    ema_warmup_gamma: float | None = None
+    sample_steps: int | None = None  # None = the config's sampler steps
+    ddpm_sample_steps: int | None = None  # R1's respaced DDPM steps
+    # --- evaluation ---
+    fid_samples: int = 50_000
+    fid_samples_ffhq_small: int = 5_000  # Table 3's second HDiT row
+    fid_mode: str = "clean"
+    cfg_scales: tuple[float, ...] = (1.0, 1.3, 1.5, 2.0, 2.5, 3.0)  # Figure 9
+
+    def apply(self, run: RunConfig) -> RunConfig:
+        """The scale-down rules (identity for `paper`)."""
+        m = run.model
+        if self.keep_inner_levels and m.family == "hdit" and len(m.widths) > self.keep_inner_levels:
+            k = self.keep_inner_levels
+            m = replace(m, widths=m.widths[-k:], depths=m.depths[-k:], attention=m.attention[-k:],
+                        dropout=m.dropout[-k:] if m.dropout else ())
+        head_dim = self.head_dim or m.head_dim
+
+        def width(w: int) -> int:
+            return max(head_dim, head_dim * round(w / self.width_divisor / head_dim))
+
+        m = replace(
+            m,
+            widths=tuple(width(w) for w in m.widths),
+            depths=tuple(math.ceil(d / self.depth_divisor) for d in m.depths),
+            head_dim=head_dim,
+            patch_size=self.patch_size or m.patch_size,
+            mapping_width=self.mapping_width or m.mapping_width,
+            outer_width=width(m.outer_width),
+            outer_depth=math.ceil(m.outer_depth / self.depth_divisor),
+            resolution=self.resolution or m.resolution,
+            num_classes=(self.num_classes if (self.num_classes is not None and m.num_classes) else m.num_classes),
+        )
+        t = replace(run.train, steps=self.steps or run.train.steps, batch_size=self.batch_size or run.train.batch_size,
+                    lr=self.lr or run.train.lr, ema_warmup_gamma=self.ema_warmup_gamma or run.train.ema_warmup_gamma)
+        s = run.sample
+        new_steps = self.ddpm_sample_steps if s.sampler == "ddpm" else self.sample_steps
+        s = replace(s, steps=new_steps or s.steps)
+        d = DataConfig(self.dataset or run.data.name, self.resolution or run.data.resolution)
+        return replace(run, model=m, train=t, sample=s, data=d)
+
+    def fid_label(self, n: int | None = None) -> str:
+        n = n or self.fid_samples
+        return f"FID-{n // 1000}k" if n % 1000 == 0 else f"FID-{n}"
+
+    def scale_label(self, run: RunConfig) -> str:
+        """How a number under this profile was measured, e.g. for table captions and CSV columns."""
+        if self.name == "paper":
+            return f"paper protocol: {run.data.name}-{run.data.resolution}, {run.train.steps} steps, {self.fid_label()}"
+        r = self.apply(run)
+        return (f"{self.name}: {r.data.name} {r.data.resolution}px, widths {list(r.model.widths)}, "
+                f"{r.train.steps} steps x batch {r.train.batch_size}, {r.sample.steps} sampling steps, "
+                f"{self.fid_label()}")
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile("paper", "Table 6 hyperparameters, ImageNet/FFHQ, FID-50k (GPU cluster)."),
+    "default": Profile(
+        "default",
+        "Embedded offline profile for a 2-core CPU: procedural 'shapes' data at 32 px, ~1/6 widths, "
+        "~1/4 depths, short training, small-sample FID. Same code paths as the paper profile.",
+        resolution=32, patch_size=2, keep_inner_levels=2, width_divisor=6, head_dim=32, depth_divisor=4,
+        mapping_width=128, dataset="shapes", num_classes=10, steps=300, batch_size=32, lr=1e-3,
+        ema_warmup_gamma=1.0, sample_steps=50, ddpm_sample_steps=50, fid_samples=500,
+        fid_samples_ffhq_small=250, cfg_scales=(1.0, 1.5, 2.0, 3.0),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}") from None
+
+
+def resolve(config_id: str, profile: str = "paper") -> RunConfig:
+    """The config a run actually uses: registry row -> profile scale-down."""
+    return get_profile(profile).apply(get_config(config_id))
