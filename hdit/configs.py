@@ -92,14 +92,14 @@ class ModelConfig:
         return self.in_channels * (2 if self.learn_sigma else 1)
 
     def at_resolution(self, resolution: int) -> "ModelConfig":
-        """The paper's resolution adaptation: one new outer level per doubling (HDiT only).
+        """The paper's resolution adaptation: one new outer level per doubling (hourglass models only).
 
         Below the native resolution the rule runs backwards (outer levels are dropped).
         """
         if resolution == self.resolution:
             return self
         check_resolution(resolution, minimum=min(128, self.resolution))
-        if self.family == "dit":
+        if len(self.widths) == 1:  # isotropic models (DiT-B/4, R3/R4) just see (R/p)^2 tokens
             return replace(self, resolution=resolution)
         k = int(round(math.log2(resolution / self.resolution)))
         if k < 0:  # the inverse rule: drop outer levels, keeping at least the innermost one

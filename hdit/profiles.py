@@ -23,7 +23,8 @@ class Profile:
     keep_inner_levels: int | None = None  # HDiT: keep only the innermost N levels
     width_divisor: int = 1  # widths (and DiT width) divided by this, rounded to a multiple of head_dim
     head_dim: int | None = None
-    depth_divisor: int = 1  # depths -> ceil(depth / divisor)
+    depth_divisor: int = 1  # depths -> max(min_depth, ceil(depth / divisor))
+    min_depth: int = 1  # 2 keeps one shifted layer per Swin stack (shift on odd layers, B1)
     mapping_width: int | None = None
     # --- data / training / sampling ---
     dataset: str | None = None  # None = the config's dataset; "shapes" = embedded procedural data
@@ -55,12 +56,12 @@ class Profile:
         m = replace(
             m,
             widths=tuple(width(w) for w in m.widths),
-            depths=tuple(math.ceil(d / self.depth_divisor) for d in m.depths),
+            depths=tuple(self.depth(d) for d in m.depths),
             head_dim=head_dim,
             patch_size=self.patch_size or m.patch_size,
             mapping_width=self.mapping_width or m.mapping_width,
             outer_width=width(m.outer_width),
-            outer_depth=math.ceil(m.outer_depth / self.depth_divisor),
+            outer_depth=self.depth(m.outer_depth),
             resolution=self.resolution or m.resolution,
             num_classes=(self.num_classes if (self.num_classes is not None and m.num_classes) else m.num_classes),
         )
@@ -71,6 +72,9 @@ class Profile:
         s = replace(s, steps=new_steps or s.steps)
         d = DataConfig(self.dataset or run.data.name, self.resolution or run.data.resolution)
         return replace(run, model=m, train=t, sample=s, data=d)
+
+    def depth(self, d: int) -> int:
+        return max(min(d, self.min_depth), math.ceil(d / self.depth_divisor))
 
     def fid_label(self, n: int | None = None) -> str:
         n = n or self.fid_samples
@@ -92,7 +96,7 @@ PROFILES: dict[str, Profile] = {
         "default",
         "Embedded offline profile for a 2-core CPU: procedural 'shapes' data at 32 px, ~1/6 widths, "
         "~1/4 depths, short training, small-sample FID. Same code paths as the paper profile.",
-        resolution=32, patch_size=2, keep_inner_levels=2, width_divisor=6, head_dim=32, depth_divisor=4,
+        resolution=32, patch_size=2, keep_inner_levels=2, width_divisor=6, head_dim=32, depth_divisor=4, min_depth=2,
         mapping_width=128, dataset="shapes", num_classes=10, steps=300, batch_size=32, lr=1e-3,
         ema_warmup_gamma=1.0, sample_steps=50, ddpm_sample_steps=50, fid_samples=500,
         fid_samples_ffhq_small=250, cfg_scales=(1.0, 1.5, 2.0, 3.0),

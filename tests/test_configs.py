@@ -54,6 +54,7 @@ def test_resolution_adaptation_adds_one_outer_level_per_doubling():
     assert get_config("A").model.at_resolution(256).attention == ("global",) * 3
     assert get_config("ffhq-1024").model.at_resolution(128).widths == (768, 1024)
     assert get_config("R1").model.at_resolution(512).widths == (768,)
+    assert get_config("R3").model.at_resolution(512).widths == (768,)  # isotropic: only more tokens
 
 
 @pytest.mark.parametrize("bad", [100, 64, 0, 384, "256"])

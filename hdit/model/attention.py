@@ -1,0 +1,180 @@
+"""Attention kernels (docs/ARCHITECTURE.md "Attention backend contract").
+
+Every kernel takes q, k, v of shape [B, H, W, heads, d] (NATTEN's layout) with the logit scale already
+folded into q and k (HDiT: cosine similarity x learned scale), uses softmax scale 1 and returns
+[B, H, W, heads, d].
+
+- `global_attention`: SDPA over all H*W tokens (O(n^2)).
+- `neighborhood_attention`: each query attends exactly k x k keys, the window shifted inward at the
+  borders (NATTEN semantics, Hassani et al. 2023; dilation 1, no relative position bias). Backends:
+  "masked" (pure PyTorch, SDPA with a cached neighborhood mask; trains on CPU), "natten"
+  (natten.na2d; forward-only on CPU), "flex" (FlexAttention, `hdit.model.flex`), "auto".
+- `shifted_window_attention`: Swin (Liu et al. 2021) windows of w x w tokens, cyclically shifted by
+  `shift`, with the wrapped-around regions masked apart.
+
+FLOP counting: fvcore traces the model with torch.jit, and a masked SDPA would be counted as global
+attention. While tracing (`torch.jit.is_tracing()`) `neighborhood_attention` therefore calls the
+custom op `hdit::neighborhood_attention` (real kernel: the masked backend; fake kernel for meta
+tensors), for which `hdit.flops` registers the 2*N*d*k^2 handle. Training never goes through the
+custom op, so it needs no autograd formula. Shifted windows need no custom op: their SDPA over
+[B, windows, heads, w^2, d] already has the 2*N*d*w^2 shape.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+NA_BACKENDS = ("auto", "masked", "natten", "flex")
+SW_BACKENDS = ("auto", "windows", "flex")
+
+
+def _to_seq(x):  # [B, H, W, heads, d] -> [B, heads, H*W, d]
+    return x.flatten(1, 2).transpose(1, 2)
+
+
+def _from_seq(x, h, w):  # inverse of _to_seq
+    return x.transpose(1, 2).unflatten(1, (h, w))
+
+
+def global_attention(q, k, v):
+    _, h, w, _, _ = q.shape
+    return _from_seq(F.scaled_dot_product_attention(_to_seq(q), _to_seq(k), _to_seq(v), scale=1.0), h, w)
+
+
+# --- neighborhood attention ------------------------------------------------------------------
+
+def _window_starts(n: int, kernel_size: int, device) -> torch.Tensor:
+    """NATTEN: the window of query i is [s, s + k) with s = clamp(i - k//2, 0, n - k)."""
+    return (torch.arange(n, device=device) - kernel_size // 2).clamp(0, n - kernel_size)
+
+
+@functools.lru_cache(maxsize=64)
+def neighborhood_mask(h: int, w: int, kernel_size: int, device: torch.device) -> torch.Tensor:
+    """[h*w, h*w] bool, True where key j lies in query i's k x k neighborhood. Cached per (h, w, k, device)."""
+    def axis(n):  # [query, key]
+        s, j = _window_starts(n, kernel_size, device)[:, None], torch.arange(n, device=device)[None]
+        return (j >= s) & (j < s + kernel_size)
+
+    with torch.inference_mode(False):  # a mask cached while sampling must be usable in training
+        return (axis(h)[:, None, :, None] & axis(w)[None, :, None, :]).reshape(h * w, h * w)
+
+
+def _na_masked(q, k, v, kernel_size):
+    _, h, w, _, _ = q.shape
+    mask = neighborhood_mask(h, w, kernel_size, q.device)
+    return _from_seq(F.scaled_dot_product_attention(_to_seq(q), _to_seq(k), _to_seq(v), attn_mask=mask, scale=1.0),
+                     h, w)
+
+
+def _na_natten(q, k, v, kernel_size):
+    import natten
+
+    return natten.na2d(q.contiguous(), k.contiguous(), v.contiguous(), kernel_size, scale=1.0)
+
+
+def _na_flex(q, k, v, kernel_size):
+    from hdit.model.flex import neighborhood_attention_flex
+
+    return neighborhood_attention_flex(q, k, v, kernel_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _has_libnatten() -> bool:
+    try:
+        import natten
+    except ImportError:
+        return False
+    return bool(getattr(natten, "HAS_LIBNATTEN", False))
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto": NATTEN's fused CUDA kernels when on CUDA with libnatten, else flex on CUDA, masked on CPU."""
+    if backend not in NA_BACKENDS:
+        raise ValueError(f"neighborhood attention backend {backend!r}; expected one of {NA_BACKENDS}")
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        return "natten" if _has_libnatten() else "flex"
+    return "masked"
+
+
+@torch.library.custom_op("hdit::neighborhood_attention", mutates_args=())
+def neighborhood_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Traceable neighborhood attention (used only under torch.jit tracing, e.g. by `hdit flops`)."""
+    return _na_masked(q, k, v, kernel_size)
+
+
+@neighborhood_attention_op.register_fake
+def _(q, k, v, kernel_size):
+    return torch.empty_like(q)
+
+
+_NA_KERNELS = {"masked": _na_masked, "natten": _na_natten, "flex": _na_flex}
+
+
+def _check(q, k, v, what: str, size: int):
+    if q.dim() != 5 or q.shape != k.shape or k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"{what}: q, k, v must be [B, H, W, heads, d]; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if size > q.shape[1] or size > q.shape[2]:
+        raise ValueError(f"{what}: size {size} exceeds the {q.shape[1]}x{q.shape[2]} token grid")
+
+
+def neighborhood_attention(q, k, v, kernel_size: int, backend: str = "auto"):
+    _check(q, k, v, "neighborhood_attention", kernel_size)
+    if torch.jit.is_tracing():
+        return neighborhood_attention_op(q, k, v, kernel_size)
+    return _NA_KERNELS[resolve_backend(backend, q.device)](q, k, v, kernel_size)
+
+
+# --- shifted-window attention (ablation B1) -------------------------------------------------
+
+@functools.lru_cache(maxsize=64)
+def swin_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """[h/w * w/w windows, 1, window^2, window^2] bool for the cyclically shifted grid: tokens attend only
+    within their region (Swin: slices [0, n - window), [n - window, n - shift), [n - shift, n) per axis)."""
+    def regions(n):
+        r = torch.zeros(n, dtype=torch.long, device=device)
+        r[n - window:] = 1
+        r[n - shift:] = 2
+        return r
+
+    with torch.inference_mode(False):  # a mask cached while sampling must be usable in training
+        label = regions(h)[:, None] * 3 + regions(w)[None, :]  # [h, w]
+        label = label.reshape(h // window, window, w // window, window).transpose(1, 2).reshape(-1, window * window)
+        return (label[:, :, None] == label[:, None, :])[:, None]
+
+
+def _windows(x, window):  # [B, H, W, heads, d] -> [B, nW, heads, window^2, d]
+    b, h, w, n, d = x.shape
+    x = x.reshape(b, h // window, window, w // window, window, n, d).permute(0, 1, 3, 5, 2, 4, 6)
+    return x.reshape(b, (h // window) * (w // window), n, window * window, d)
+
+
+def _unwindows(x, h, w, window):  # inverse of _windows
+    b, _, n, _, d = x.shape
+    x = x.reshape(b, h // window, w // window, n, window, window, d).permute(0, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, h, w, n, d)
+
+
+def shifted_window_attention(q, k, v, window_size: int, shift: int, backend: str = "auto"):
+    """Window attention on the grid rolled by (-shift, -shift), Swin-masked when shift > 0, rolled back."""
+    _check(q, k, v, "shifted_window_attention", window_size)
+    if backend not in SW_BACKENDS:
+        raise ValueError(f"shifted window attention backend {backend!r}; expected one of {SW_BACKENDS}")
+    _, h, w, _, _ = q.shape
+    if h % window_size or w % window_size or not 0 <= shift < window_size:
+        raise ValueError(f"shifted_window_attention: grid {h}x{w} must be divisible by window {window_size} "
+                         f"and 0 <= shift {shift} < window")
+    if backend == "flex":
+        from hdit.model.flex import shifted_window_attention_flex
+
+        return shifted_window_attention_flex(q, k, v, window_size, shift)
+    if shift:
+        q, k, v = (torch.roll(t, (-shift, -shift), dims=(1, 2)) for t in (q, k, v))
+    mask = swin_mask(h, w, window_size, shift, q.device) if shift else None
+    x = F.scaled_dot_product_attention(*(_windows(t, window_size) for t in (q, k, v)), attn_mask=mask, scale=1.0)
+    x = _unwindows(x, h, w, window_size)
+    return torch.roll(x, (shift, shift), dims=(1, 2)) if shift else x
