@@ -1,0 +1,123 @@
+"""Datasets and the resumable training batch stream.
+
+Every dataset is map-style with `__len__`, `num_classes`, `resolution`, `get_uint8(indices)` ->
+(uint8 [N, H, W, 3], int64 [N]) and `get_batch(indices)` -> (float32 [N, 3, H, W] in [-1, 1], int64 [N]).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hdit.data.folders import DataError, ffhq, imagenet
+from hdit.data.shapes import ShapesDataset
+
+DATASETS = ("shapes", "imagenet", "ffhq")
+
+__all__ = ["DATASETS", "BatchStream", "DataError", "build_dataset"]
+
+
+def build_dataset(data_cfg, path=None, split: str = "train", seed: int = 0):
+    """The dataset of a DataConfig (`name`, `resolution`). ImageNet/FFHQ read `path`; shapes needs none."""
+    name, res = data_cfg.name, data_cfg.resolution
+    if name == "shapes":
+        return ShapesDataset(res, split=split, seed=seed)
+    if name not in DATASETS:
+        raise DataError(f"dataset {name!r}; expected one of {DATASETS}")
+    if path is None:
+        raise DataError(f"dataset {name!r} is read from disk: pass its folder with --data PATH "
+                        + ("(ImageNet class-folder layout ROOT/<wnid>/*.JPEG)" if name == "imagenet"
+                           else "(a folder of images)"))
+    return imagenet(path, res, split) if name == "imagenet" else ffhq(path, res)
+
+
+class _Fetch(torch.utils.data.Dataset):
+    """Worker-side fetch of one batch of (indices, flips) (used with DataLoader workers)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        indices, flips = key
+        x, y = self.dataset.get_batch(indices)
+        return _flip(x, flips), y
+
+
+def _flip(x: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
+    if flips is not None and flips.any():
+        m = torch.from_numpy(flips)
+        x[m] = x[m].flip(-1)
+    return x
+
+
+class BatchStream:
+    """Deterministic, resumable training batches.
+
+    The global sample stream is a sequence of epochs, each a permutation of the dataset drawn from
+    numpy's PCG64 seeded with (seed, epoch). Step k of rank r takes global positions
+    k * B * world + r * B ... + B - 1 (B = per-rank batch), so a batch is a pure function of (seed, step,
+    rank): resuming at a step reproduces the uninterrupted stream exactly. Horizontal flips (probability
+    `hflip`, 0 by default) are drawn per position from the same seeded stream.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start_step: int = 0, hflip: float = 0.0, num_workers: int = 0):
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size, self.step = rank, world_size, start_step
+        self.hflip, self.num_workers = hflip, num_workers
+        self._epoch, self._perm, self._flips = None, None, None
+        self._iter = None
+
+    def _epoch_tables(self, epoch: int):
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perm = rng.permutation(len(self.dataset))
+            self._flips = rng.random(len(self.dataset)) < self.hflip
+            self._epoch = epoch
+        return self._perm, self._flips
+
+    def keys(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset indices, flip flags) of this rank's batch at `step`."""
+        n = len(self.dataset)
+        start = (step * self.world_size + self.rank) * self.batch_size
+        pos = np.arange(start, start + self.batch_size)
+        indices, flips = np.empty(len(pos), np.int64), np.empty(len(pos), bool)
+        for epoch in np.unique(pos // n):
+            m = pos // n == epoch
+            perm, fl = self._epoch_tables(int(epoch))
+            indices[m], flips[m] = perm[pos[m] % n], fl[pos[m] % n]
+        return indices, flips
+
+    def _key_iter(self, start: int):
+        step = start
+        while True:
+            yield self.keys(step)
+            step += 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.num_workers == 0:
+            indices, flips = self.keys(self.step)
+            x, y = self.dataset.get_batch(indices)
+            batch = _flip(x, flips), y
+        else:
+            if self._iter is None:
+                loader = torch.utils.data.DataLoader(_Fetch(self.dataset), sampler=self._key_iter(self.step),
+                                                     batch_size=None, num_workers=self.num_workers,
+                                                     pin_memory=torch.cuda.is_available(), persistent_workers=True,
+                                                     prefetch_factor=4)
+                self._iter = iter(loader)
+            batch = next(self._iter)
+        self.step += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "samples_seen": self.step * self.batch_size * self.world_size,
+                "epoch": (self.step * self.batch_size * self.world_size) // len(self.dataset)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self._iter = int(state["step"]), None

@@ -1,0 +1,117 @@
+"""Image-folder datasets: ImageNet in class-folder layout and FFHQ as a plain folder of images.
+
+Preprocessing follows ADM / DiT's `center_crop_arr`: halve the image with a BOX filter while its short
+side is >= 2 * size, resize with BICUBIC so the short side equals `size`, centre-crop to size x size.
+Images become float32 CHW in [-1, 1]. Augmentation (horizontal flips only, off by default) is applied
+by the training batch stream (`hdit.data.BatchStream`), not here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
+# PIL modes that are (or losslessly convert to) 3-channel colour; anything else (alpha, 16-bit, ...)
+# is rejected rather than silently converted.
+RGB_MODES = ("RGB", "L", "P", "CMYK", "YCbCr")
+
+
+class DataError(ValueError):
+    """A dataset folder or image that cannot be used."""
+
+
+def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
+    """ADM's centre crop: BOX halvings, BICUBIC resize of the short side to `size`, centre crop."""
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    arr = np.asarray(image)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[top: top + size, left: left + size]
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode, check and crop one image -> uint8 [size, size, 3]. Errors name the path."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in RGB_MODES:
+                raise DataError(f"{path}: image mode {im.mode!r} ({len(im.getbands())} channels); "
+                                f"expected RGB or greyscale ({', '.join(RGB_MODES)})")
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable or corrupt image ({e})") from None
+    arr = center_crop_arr(im, size)
+    if arr.shape != (size, size, 3):
+        raise DataError(f"{path}: got an array of shape {arr.shape}; expected ({size}, {size}, 3)")
+    return arr
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _check_dir(path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"data folder {str(path)!r} does not exist or is not a directory")
+    return path
+
+
+class ImageFolderDataset:
+    """Images under `root` -> (float32 CHW tensor in [-1, 1], label).
+
+    `class_folders=True` (ImageNet): each sub-folder of `root` is a class, labels in sorted folder
+    order. `class_folders=False` (FFHQ): every image under `root` (recursively), label 0, unconditional.
+    """
+
+    def __init__(self, root, resolution: int, class_folders: bool = True):
+        self.root, self.resolution = _check_dir(root), resolution
+        if class_folders:
+            self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+            if not self.classes:
+                raise DataError(f"data folder {str(self.root)!r} has no class sub-folders (ImageNet layout: "
+                                "ROOT/<class>/<image>)")
+            self.files = [(f, k) for k, c in enumerate(self.classes) for f in _image_files(self.root / c)]
+        else:
+            self.classes = []
+            self.files = [(f, 0) for f in _image_files(self.root)]
+        if not self.files:
+            raise DataError(f"data folder {str(self.root)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.num_classes = len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get_uint8(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images [N, H, W, 3] and int64 labels [N]."""
+        images = np.stack([load_image(self.files[i][0], self.resolution) for i in indices])
+        return images, np.array([self.files[i][1] for i in indices], dtype=np.int64)
+
+    def get_batch(self, indices):
+        import torch
+
+        images, labels = self.get_uint8(indices)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return x.contiguous(), torch.from_numpy(labels)
+
+    def __getitem__(self, i: int):
+        x, y = self.get_batch([i])
+        return x[0], int(y[0])
+
+
+def imagenet(root, resolution: int, split: str = "train") -> ImageFolderDataset:
+    """ImageNet in class-folder layout: ROOT/<wnid>/*.JPEG, or ROOT/<split>/<wnid>/*.JPEG."""
+    root = _check_dir(root)
+    if (root / split).is_dir():
+        root = root / split
+    return ImageFolderDataset(root, resolution, class_folders=True)
+
+
+def ffhq(root, resolution: int) -> ImageFolderDataset:
+    """FFHQ (or any unconditional set): every image below ROOT."""
+    return ImageFolderDataset(root, resolution, class_folders=False)

@@ -1,0 +1,196 @@
+"""Trainer: EMA, class dropout, checkpoint/resume bitwise equality (simulated and SIGKILL), loss falls,
+non-finite loss, run-dir protection, CLI errors, DDP smoke test. All on CPU with the real models."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from hdit.cli import main as cli
+from hdit.ema import ema_decay, ema_update
+from hdit.profiles import resolve
+from hdit.train import DivergedError, RunExistsError, drop_labels, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small(config_id: str, batch_size: int = 8, **train_kw):
+    run = resolve(config_id, "default")
+    return replace(run, train=replace(run.train, batch_size=batch_size, **train_kw))
+
+
+def load(path):
+    return torch.load(Path(path) / "checkpoint.pt", map_location="cpu", weights_only=False)
+
+
+def assert_same_weights(a, b):
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    sa, sb = a["opt"]["state"], b["opt"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for name in sa[k]:
+            assert torch.equal(sa[k][name], sb[k][name])
+
+
+def losses(run_dir):
+    with open(Path(run_dir) / "log.csv") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+# ----------------------------------------------------------------------------- EMA, dropout
+
+def test_ema_decay_schedule_and_update():
+    assert ema_decay(0) == 0.0  # first update copies the weights
+    assert ema_decay(7, 0.9999, 2 / 3, 1.0) == pytest.approx(1 - 8 ** (-2 / 3))
+    assert ema_decay(10 ** 9, 0.9999) == 0.9999
+    assert ema_decay(100, 0.9, 1.0, 1.0) == 0.9
+    a, b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        a.weight.fill_(1.0)
+        b.weight.fill_(3.0)
+        b.running_mean.fill_(5.0)
+    ema_update(a, b, 0.75)
+    assert torch.allclose(a.weight, torch.full((3,), 0.75 * 1 + 0.25 * 3))
+    assert torch.equal(a.running_mean, b.running_mean)  # buffers copied
+
+
+def test_class_dropout():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (20000,), generator=g)
+    out = drop_labels(labels, 10, 0.1, g)
+    dropped = out == 10
+    assert dropped.float().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert torch.equal(out[~dropped], labels[~dropped])
+    assert drop_labels(labels, 0, 0.1, g) is None
+
+
+# ----------------------------------------------------------------------------- resume
+
+@pytest.mark.parametrize("config_id", ["E", "R1"])
+def test_resume_is_bitwise_equal(tmp_path, config_id):
+    """4 steps in one go == 2 steps, then --resume to 4 (EDM and R1's DDPM objective)."""
+    run = small(config_id, batch_size=4)
+    kw = dict(checkpoint_every=2, log_every=1, progress=False)
+    train(run, tmp_path / "a", steps=4, **kw)
+    train(run, tmp_path / "b", steps=2, **kw)
+    assert load(tmp_path / "b")["step"] == 2
+    train(run, tmp_path / "b", steps=4, resume=True, **kw)
+    a, b = load(tmp_path / "a"), load(tmp_path / "b")
+    assert a["step"] == b["step"] == 4 and a["data"] == b["data"]
+    assert_same_weights(a, b)
+    assert [x[1] for x in losses(tmp_path / "a")] == [x[1] for x in losses(tmp_path / "b")]
+    # a different seed gives different weights (the test can fail)
+    train(run, tmp_path / "c", steps=2, seed=1, checkpoint_every=2, progress=False)
+    c = load(tmp_path / "c")
+    assert not all(torch.equal(c["model"][k], a["model"][k]) for k in a["model"])
+
+
+def test_sigkill_and_resume_matches_uninterrupted(tmp_path, capsys):
+    """`hdit train` killed with SIGKILL after its first checkpoint, resumed, == an uninterrupted run."""
+    steps, every = 6, 2
+    cmd = [sys.executable, "-m", "hdit.cli", "train", "--config", "E", "--profile", "default", "--steps", str(steps),
+           "--checkpoint-every", str(every), "--log-every", "1", "--no-progress", "--device", "cpu"]
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(run_dir)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load(run_dir)["step"]
+    assert proc.returncode == -signal.SIGKILL and killed_at < steps and not (run_dir / "done.json").exists()
+    # without --resume the half-finished run is protected
+    assert cli(cmd[3:] + ["--out", str(run_dir)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    r = subprocess.run(cmd + ["--out", str(run_dir), "--resume"], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    train(resolve("E", "default"), tmp_path / "ref", steps=steps, checkpoint_every=every, log_every=1, progress=False,
+          device="cpu")
+    a, b = load(tmp_path / "ref"), load(run_dir)
+    assert b["step"] == steps
+    assert_same_weights(a, b)
+    assert losses(run_dir) == losses(tmp_path / "ref")  # rows of the lost segment were replaced, not duplicated
+    done = json.loads((run_dir / "done.json").read_text())
+    assert done["step"] == steps and done["wall_time_s"] > 0 and "provenance" in done
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["config_id"] == "E" and cfg["profile"] == "default" and cfg["config"]["train"]["steps"] == steps
+    assert not list(run_dir.glob(".*.tmp*"))  # no temporary files left behind by the killed writer
+
+
+# ----------------------------------------------------------------------------- training signal
+
+def test_loss_falls_on_shapes(tmp_path):
+    """Mini E (default profile, batch 32) learns the shapes dataset: the loss drops within 30 steps."""
+    done = train(resolve("E", "default"), tmp_path / "e", steps=30, checkpoint_every=30, log_every=5,
+                 progress=False, device="cpu")
+    rows = losses(tmp_path / "e")
+    assert [s for s, _ in rows] == [5, 10, 15, 20, 25, 30] and done["step"] == 30
+    first, last = rows[0][1], rows[-1][1]
+    assert last < 0.8 * first, rows
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
+    run = small("E", batch_size=4, lr=1e30)  # the first update blows the weights up
+    with pytest.raises(DivergedError, match=r"loss is (nan|inf) at step \d+.*last good checkpoint \(step \d+\)"):
+        train(run, tmp_path / "nan", steps=20, checkpoint_every=1, progress=False)
+    ckpt = load(tmp_path / "nan")
+    assert ckpt["step"] >= 1 and not (tmp_path / "nan" / "done.json").exists()
+
+
+# ----------------------------------------------------------------------------- run dir and CLI errors
+
+def test_finished_run_needs_resume(tmp_path, capsys):
+    run = small("E", batch_size=2)
+    train(run, tmp_path / "r", steps=1, progress=False)
+    with pytest.raises(RunExistsError, match="finished run.*--resume"):
+        train(run, tmp_path / "r", steps=1, progress=False)
+    done = train(run, tmp_path / "r", steps=1, resume=True, progress=False)  # nothing to do
+    assert done["step"] == 1
+    other = small("D", batch_size=2)
+    with pytest.raises(Exception, match="was started with config 'E'"):
+        train(other, tmp_path / "r", steps=2, resume=True, progress=False)
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert cli(["train", "--config", "Z9", "--out", str(tmp_path / "z")]) == 2
+    assert "unknown config 'Z9'" in capsys.readouterr().err
+    assert cli(["train", "--config", "E", "--profile", "paper", "--data", str(tmp_path / "missing"),
+                "--out", str(tmp_path / "p")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert cli(["train", "--config", "E", "--profile", "paper", "--out", str(tmp_path / "p")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert cli(["train", "--config", "E", "--steps", "0", "--out", str(tmp_path / "q")]) == 2
+    assert cli(["train", "--config", "E", "--profile", "bogus", "--out", str(tmp_path / "q")]) == 2
+    assert "unknown profile" in capsys.readouterr().err
+
+
+def test_ddp_smoke(tmp_path):
+    """torchrun with 2 CPU ranks (gloo): per-rank batch slices, one checkpoint with both ranks' RNG states."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hdit.cli",
+           "train", "--config", "E", "--profile", "default", "--steps", "2", "--out", str(out), "--no-progress",
+           "--device", "cpu"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = load(out)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["step"] == 2
+    assert not torch.equal(ckpt["rng"][0]["gen"], ckpt["rng"][1]["gen"])
+    assert json.loads((out / "done.json").read_text())["world_size"] == 2
