@@ -38,7 +38,7 @@ class Profile:
     # --- evaluation ---
     fid_samples: int = 50_000
     fid_samples_ffhq_small: int = 5_000  # Table 3's second HDiT row
-    fid_mode: str = "clean"
+    fid_mode: str = "legacy_tensorflow"  # closest to the ADM evaluator the paper used (docs/EVALUATION.md)
     cfg_scales: tuple[float, ...] = (1.0, 1.3, 1.5, 2.0, 2.5, 3.0)  # Figure 9
 
     def apply(self, run: RunConfig) -> RunConfig:

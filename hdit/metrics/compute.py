@@ -1,0 +1,79 @@
+"""`compute_metrics`: FID / KID / IS of a sample directory (the library call behind `hdit fid` and the DAG)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hdit.metrics.features import default_device, iter_features, open_images
+from hdit.metrics.images import MetricsError
+from hdit.metrics.inception import FEATURE_DIM, InceptionNet, load_inception
+from hdit.metrics.refstats import DEFAULT_CACHE_DIR, reference_stats
+from hdit.metrics.scores import Moments, fid_label, frechet_distance, inception_score as is_score
+from hdit.metrics.scores import kernel_inception_distance
+from hdit.provenance import provenance
+
+# The paper's numbers come from the ADM evaluator, which feeds images to the TF graph at their own size
+# and lets its ResizeBilinear make them 299x299: clean-fid's `legacy_tensorflow` (docs/EVALUATION.md).
+DEFAULT_MODE = "legacy_tensorflow"
+
+
+def _samples_meta(samples_dir: Path) -> dict | None:
+    meta = samples_dir / "meta.json"
+    return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str = DEFAULT_MODE,
+                    inception_score: bool = False, device=None, cache_dir=DEFAULT_CACHE_DIR,
+                    batch_size: int | None = None, workers: int | None = None, kid_subsets: int = 100,
+                    kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0,
+                    net: InceptionNet | None = None, verbose: bool = True) -> dict:
+    """FID + KID against the reference set `ref_dir` (stats cached) and/or the Inception Score of exactly
+    `n` samples (None: all samples in the directory) -> one JSON-able dict."""
+    samples_dir = Path(samples_dir)
+    if ref_dir is None and not inception_score:
+        raise MetricsError("nothing to compute: give a reference directory (FID/KID) and/or inception_score=True")
+    images = open_images(samples_dir, mode)
+    count = len(images)
+    if n is not None and n != count:
+        raise MetricsError(f"n={n} but {samples_dir} holds {count} samples; expected exactly n samples")
+    if count < 2:
+        raise MetricsError(f"{samples_dir}: {count} sample(s); FID needs at least 2")
+    device = str(device or default_device())
+    net = net or load_inception(device)
+    if inception_score and net.classifier is None:
+        net.logits(torch.zeros(1, FEATURE_DIM))  # raises the clear "no classifier head" error before any work
+    result = {"label": fid_label(count), "n": count, "mode": mode, "extractor_sha256": net.sha256,
+              "extractor_path": str(net.path), "samples_dir": str(samples_dir),
+              "resolution": list(images.shape[:2])}
+    ref = None
+    if ref_dir is not None:
+        ref = reference_stats(ref_dir, net, mode, cache_dir, device, batch_size, workers, seed=seed, verbose=verbose)
+        if ref["resolution"] != result["resolution"]:
+            raise MetricsError(f"samples are {result['resolution']} px but the reference set {ref_dir} is "
+                               f"{ref['resolution']} px; expected the same resolution")
+    start, moments, feats = time.perf_counter(), Moments(FEATURE_DIM), []
+    for f in iter_features(images, net, mode, device, batch_size, workers, desc=f"samples {samples_dir.name}",
+                           verbose=verbose):
+        moments.update(f)
+        feats.append(f)
+    seconds = time.perf_counter() - start
+    feats = np.concatenate(feats)
+    result.update(feature_seconds=round(seconds, 3), images_per_second=round(count / seconds, 3))
+    if ref is not None:
+        mu, sigma = moments.mean_cov()
+        result["fid"] = frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
+        result["kid"] = kernel_inception_distance(feats, ref["kid_feats"], kid_subsets, kid_subset_size, seed)
+        result.update(kid_subsets=kid_subsets, kid_subset_size=min(count, len(ref["kid_feats"]), kid_subset_size),
+                      ref_dir=str(ref_dir), ref_n=ref["n"], ref_stats_key=ref["key"], ref_stats_path=ref["path"],
+                      ref_stats_cached=ref["cached"], ref_content_sha256=ref["content_sha256"])
+    if inception_score:
+        probs = torch.softmax(net.logits(torch.from_numpy(feats)), dim=1).numpy()
+        result["is_mean"], result["is_std"] = is_score(probs, is_splits)
+        result["is_splits"] = is_splits
+    result["samples_meta"] = _samples_meta(samples_dir)
+    result["provenance"] = provenance(device)
+    return result
