@@ -1,0 +1,96 @@
+# Reproduce HDiT (Crowson et al., ICML 2024): Tables 1-5 and Figures 2, 8, 9.
+#
+#   snakemake --cores all table1                  # embedded default profile, offline CPU (~30 min)
+#   snakemake --cores all figures
+#   snakemake --configfile workflows/config/paper.yaml --workflow-profile workflows/profiles/paper all
+#
+# Targets: flops, table1 .. table5, figures, all. See docs/WORKFLOW.md.
+import glob
+import os
+
+configfile: os.path.join(workflow.basedir, "workflows", "config", "default.yaml")
+
+
+include: "workflows/rules/common.smk"
+include: "workflows/rules/data.smk"
+include: "workflows/rules/train.smk"
+include: "workflows/rules/sample.smk"
+include: "workflows/rules/evaluate.smk"
+include: "workflows/rules/flops.smk"
+include: "workflows/rules/report.smk"
+
+
+if os.path.exists(os.path.join(workflow.basedir, "workflows", "rules", "bench.smk")):
+
+    include: "workflows/rules/bench.smk"
+
+
+localrules:
+    all,
+    flops,
+    table1,
+    table2,
+    table3,
+    table4,
+    table5,
+    figures,
+    annotate_metrics,
+    table1_files,
+    table2_files,
+    table3_files,
+    table4_files,
+    table5_files,
+    fig2_files,
+    fig8_files,
+    fig9_files,
+    scaling_files,
+
+
+rule flops:
+    input:
+        expand(FLOPS, name=FLOP_SETS),
+
+
+rule table1:
+    input:
+        table_files(1),
+
+
+rule table2:
+    input:
+        table_files(2),
+
+
+rule table3:
+    input:
+        table_files(3),
+
+
+rule table4:
+    input:
+        table_files(4),
+
+
+rule table5:
+    input:
+        table_files(5),
+
+
+rule figures:
+    input:
+        figure_files("fig2"),
+        figure_files("fig8"),
+        figure_files("fig9"),
+        figure_files("scaling") if HAVE_SCALING else [],
+
+
+rule all:
+    default_target: True
+    input:
+        rules.flops.input,
+        rules.table1.input,
+        rules.table2.input,
+        rules.table3.input,
+        rules.table4.input,
+        rules.table5.input,
+        rules.figures.input,

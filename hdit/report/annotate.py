@@ -1,0 +1,76 @@
+"""One metrics JSON per scored sample set, with the provenance every table row needs.
+
+`hdit fid` writes the scores (fid, kid, IS, n, mode, extractor hash); this adds what produced the
+samples: the training run (config ID, rows sharing it, profile, steps, batch, seed, params, wall time,
+device), the sampler (sampler, steps, CFG scale, seed, n, device), versions, and the resolved config,
+read from the run directory (config.json, done.json) and the sample directory's meta.json.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hdit.configs import RunConfig
+from hdit.profiles import get_profile
+from hdit.provenance import provenance
+from hdit.report.runs import rows_of_run
+from hdit.report.tables import scale
+
+SAMPLE_KEYS = ("sampler", "steps", "cfg_scale", "seed", "n", "eta", "rho", "batch_size", "weights",
+               "checkpoint_step")
+SCORE_KEYS = ("fid", "kid", "is_mean", "is_std", "n", "label", "extractor_sha256", "ref_n", "ref_content_sha256")
+
+
+def _load(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{str(path)!r} does not exist") from None
+
+
+def _device(record: dict) -> str | None:
+    return (record.get("provenance") or {}).get("device")
+
+
+def count_params(resolved: dict) -> int:
+    """Parameters of the model as trained (built on the meta device: no memory, no initialisation)."""
+    import torch
+
+    from hdit.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(RunConfig.from_dict(resolved).model)
+    return sum(p.numel() for p in model.parameters())
+
+
+def annotate(fid: dict, sample_dir: str | Path, run_dir: str | Path, profile: str) -> dict:
+    sample_dir, run_dir = Path(sample_dir), Path(run_dir)
+    meta = _load(sample_dir / "meta.json")
+    config_json = _load(run_dir / "config.json")
+    done = _load(run_dir / "done.json")
+    resolved = config_json["config"]
+    run_id = resolved["id"]
+    if config_json.get("profile") != profile:
+        raise ValueError(f"run {str(run_dir)!r} was trained under profile {config_json.get('profile')!r}, "
+                         f"not {profile!r}")
+    t = resolved["train"]
+    prof = get_profile(profile)
+    return {
+        "config": run_id,
+        "rows": rows_of_run(run_id, profile),
+        "profile": profile,
+        "scale": scale(prof, run_id, fid.get("n")),
+        **{k: fid.get(k) for k in SCORE_KEYS},
+        "fid_mode": fid.get("mode"),
+        "train": {"steps": done["step"], "batch_size": t["batch_size"], "seed": config_json.get("seed", t["seed"]),
+                  "lr": t["lr"], "weighting": t["weighting"], "gamma": t["gamma"], "objective": t["objective"],
+                  "params": count_params(resolved), "world_size": done.get("world_size"),
+                  "wall_time_s": done.get("wall_time_s"), "device": _device(done)},
+        "sample": {**{k: meta.get(k) for k in SAMPLE_KEYS}, "device": _device(meta)},
+        "fid_device": _device(fid),
+        "versions": provenance(),
+        "paths": {"run": str(run_dir), "samples": str(sample_dir), "ref": fid.get("ref_dir")},
+        "resolved_config": resolved,
+        "fid_json": fid,
+    }

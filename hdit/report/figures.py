@@ -1,0 +1,121 @@
+"""Figures 2, 8 and 9: PNG + PDF + the CSV behind each, in results/figures/.
+
+Figure 2: GFLOPs vs resolution, HDiT (step E) vs DiT-B/4 in pixel space, from the FLOP counter.
+Figure 8: min-SNR vs soft-min-SNR loss weight over sigma (gamma = 5), from the trainer's own weighting.
+Figure 9: IS vs FID over classifier-free guidance scales for the ImageNet-256 config.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from hdit import io  # noqa: E402
+
+FIG2_CONFIGS = {"E": "HDiT-B/4 (ours, step E)", "R1": "DiT-B/4"}
+
+
+def save(fig, df: pd.DataFrame, out_prefix: str | Path) -> list[Path]:
+    out_prefix = Path(out_prefix)
+    paths = [out_prefix.with_suffix(s) for s in (".png", ".pdf", ".csv")]
+    for p in paths[:2]:
+        with io.atomic_path(p, suffix=p.suffix) as tmp:
+            fig.savefig(tmp, format=p.suffix[1:], dpi=150, bbox_inches="tight")
+    io.write_text(paths[2], df.to_csv(index=False, float_format="%.6g"))
+    plt.close(fig)
+    return paths
+
+
+def fig2_frame(flops: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame([{"config": f["config"], "model": FIG2_CONFIGS[f["config"]], "resolution": int(f["resolution"]),
+                        "gflops": float(f["gflops"]), "params": f.get("params")}
+                       for f in flops if f["config"] in FIG2_CONFIGS])
+    if df.empty:
+        raise ValueError(f"no FLOP counts for {list(FIG2_CONFIGS)} in the FLOP JSON")
+    return df.sort_values(["config", "resolution"]).reset_index(drop=True)
+
+
+def fig2(flops: list[dict], out_prefix: str | Path, annotate_at: int = 1024) -> list[Path]:
+    """Computational cost vs target resolution (paper Figure 2), log-log, ratio annotated at 1024 px."""
+    df = fig2_frame(flops)
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for cid, label in FIG2_CONFIGS.items():
+        d = df[df.config == cid]
+        ax.plot(d.resolution, d.gflops, marker="o", label=label)
+    at = df[df.resolution == annotate_at].set_index("config").gflops
+    if {"E", "R1"} <= set(at.index):
+        ratio = at["E"] / at["R1"]
+        ax.annotate(f"{annotate_at} px: HDiT = {100 * ratio:.2f}% of DiT\n({at['E']:.0f} vs {at['R1']:.0f} GFLOP)",
+                    xy=(annotate_at, at["E"]), xytext=(0.03, 0.97), textcoords="axes fraction", va="top",
+                    fontsize=8, arrowprops=dict(arrowstyle="->", lw=0.8))
+        df["ratio_e_over_dit"] = df.resolution.map(lambda r: _ratio(df, r))
+    ax.set(xscale="log", yscale="log", xlabel="resolution (px, square)", ylabel="GFLOP per forward pass",
+           title="Figure 2: cost vs resolution (fvcore, paper scale)")
+    res = sorted(df.resolution.unique())
+    ax.set_xticks(res, [str(r) for r in res])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    return save(fig, df, out_prefix)
+
+
+def _ratio(df: pd.DataFrame, res: int) -> float:
+    at = df[df.resolution == res].set_index("config").gflops
+    return float(at["E"] / at["R1"]) if {"E", "R1"} <= set(at.index) else float("nan")
+
+
+def fig8_frame(gamma: float = 5.0, sigma_min: float = 1e-2, sigma_max: float = 1e2, n: int = 400) -> pd.DataFrame:
+    import torch
+
+    from hdit.diffusion.edm import weighting
+
+    sigma = torch.logspace(np.log10(sigma_min), np.log10(sigma_max), n, dtype=torch.float64)
+    return pd.DataFrame({"sigma": sigma.numpy(), "min_snr": weighting("min-snr", sigma, gamma).numpy(),
+                         "soft_min_snr": weighting("soft-min-snr", sigma, gamma).numpy(),
+                         "snr": weighting("snr", sigma, gamma).numpy(), "gamma": gamma})
+
+
+def fig8(out_prefix: str | Path, gamma: float = 5.0) -> list[Path]:
+    """Loss weight over sigma (x0 space, paper eq. 7-9): min-SNR (blue) vs soft-min-SNR (orange)."""
+    df = fig8_frame(gamma)
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.plot(df.sigma, df.min_snr, color="tab:blue", label=f"min-SNR (γ = {gamma:g})")
+    ax.plot(df.sigma, df.soft_min_snr, color="tab:orange", label=f"soft-min-SNR (γ = {gamma:g})")
+    ax.set(xscale="log", yscale="log", xlabel="σ", ylabel="loss weight (x₀ space)",
+           title="Figure 8: loss weighting over σ")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save(fig, df, out_prefix)
+
+
+def fig9_frame(metrics: list[dict]) -> pd.DataFrame:
+    rows = [{"cfg_scale": float(m["sample"]["cfg_scale"]), "fid": m["fid"], "is_mean": m.get("is_mean"),
+             "is_std": m.get("is_std"), "n": m.get("n"), "fid_mode": m.get("fid_mode"), "config": m.get("config"),
+             "profile": m.get("profile"), "scale": m.get("scale")} for m in metrics]
+    df = pd.DataFrame(rows).sort_values("cfg_scale").reset_index(drop=True)
+    if df.is_mean.isna().any():
+        raise ValueError(f"Inception Score missing for cfg scales {list(df.cfg_scale[df.is_mean.isna()])}")
+    return df
+
+
+def fig9(metrics: list[dict], out_prefix: str | Path, paper_best: dict | None = None) -> list[Path]:
+    """IS vs FID over CFG scales (paper Figure 9) for the ImageNet-256 config as trained by the profile."""
+    df = fig9_frame(metrics)
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.plot(df.fid, df.is_mean, marker="o")
+    for _, r in df.iterrows():
+        ax.annotate(f"w={r.cfg_scale:g}", (r.fid, r.is_mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel=f"FID ({df.fid_mode.iloc[0]}, n = {df.n.iloc[0]})", ylabel="Inception Score",
+           title="Figure 9: IS vs FID over CFG scale")
+    ax.grid(alpha=0.3)
+    text = f"measured at: {df.scale.iloc[0]}"
+    if paper_best:
+        text += (f"\npaper (ImageNet-256, FID-50k, not comparable): best FID {paper_best['fid']} / "
+                 f"IS {paper_best['is']} at w = {paper_best['cfg_scale']}")
+    fig.text(0.0, -0.02, text, fontsize=6, va="top", wrap=True)
+    return save(fig, df, out_prefix)

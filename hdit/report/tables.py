@@ -1,0 +1,248 @@
+"""Tables 1-5 as DataFrames: measured value, the paper's value, delta, and the scale it was measured at.
+
+Inputs are the files the workflow writes: annotated metrics JSON (`hdit.report.annotate`) keyed by
+paper row, and the FLOP counter's JSON (paper scale). Paper values come only from `hdit.reference`.
+Literature rows of Tables 3 and 4 are cited values and are labelled as such.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from hdit.configs import TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, get_config
+from hdit.profiles import Profile, get_profile, resolve
+from hdit.reference import paper_values
+from hdit.report.render import Column, Table
+from hdit.report.runs import rows_of_run, training_run
+
+TABLE1_RESOLUTIONS = (128, 256, 512)  # the paper's GFLOP columns
+CITED = "cited from the paper"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def scale(profile: Profile, config_id: str, n: int | None = None) -> str:
+    """Profile.scale_label for a row, with the FID sample count actually used (Table 3 has two)."""
+    label = profile.scale_label(get_config(config_id))
+    return label if n in (None, profile.fid_samples) else label.replace(profile.fid_label(), profile.fid_label(n))
+
+
+def is_paper_protocol(profile: Profile) -> bool:
+    return profile.name == "paper"
+
+
+def complexity(slope: float) -> str:
+    """Big-O in pixel count n from a log-log slope: ~1 -> O(n), ~2 -> O(n^2)."""
+    if slope is None or math.isnan(slope):
+        return "n/a"
+    k = round(slope)
+    return "O(1)" if k == 0 else "O(n)" if k == 1 else f"O(n^{k})"
+
+
+def gflops_slope(g_lo: float, g_hi: float, res_lo: int, res_hi: int) -> float:
+    """d log(GFLOPs) / d log(pixel count) between two resolutions."""
+    return math.log(g_hi / g_lo) / math.log((res_hi / res_lo) ** 2)
+
+
+def delta(measured, paper):
+    if measured is None or paper is None or (isinstance(measured, float) and math.isnan(measured)):
+        return float("nan")
+    return float(measured) - float(paper)
+
+
+def need(metrics: dict, keys) -> None:
+    missing = [k for k in keys if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics for {missing} are missing; got {sorted(metrics)}")
+
+
+def _num(x):
+    return float("nan") if x is None else float(x)
+
+
+def _protocol_note(profile: Profile, paper_protocol: str) -> str:
+    if is_paper_protocol(profile):
+        return f"Measured under the paper's protocol ({paper_protocol})."
+    return (f"Measured values are NOT the paper's protocol: they were measured under profile "
+            f"'{profile.name}' at the scale in the Scale column; the paper's values are {paper_protocol}. "
+            "The delta compares numbers from different protocols and only shows direction and size.")
+
+
+def _sharing_note(config_ids, profile: Profile) -> list[str]:
+    notes = []
+    for run in dict.fromkeys(training_run(c, profile.name) for c in config_ids):
+        shared = rows_of_run(run, profile.name)
+        if len(shared) > 1:
+            notes.append(f"Rows {', '.join(shared)} resolve to equal configs under profile '{profile.name}' "
+                         f"(compared with hdit.profiles.resolve) and share one training run ({run}).")
+    return notes
+
+
+def check_current(m: dict, row: str, profile: Profile) -> None:
+    """A metrics JSON must come from the config the profile resolves to now, trained for its steps: the
+    Scale column is derived from the profile, so a stale run would be mislabelled."""
+    run = training_run(row, profile.name)
+    recorded = m.get("resolved_config")
+    if recorded is None:
+        return
+    current = json.loads(json.dumps(resolve(run, profile.name).to_dict()))  # tuples -> lists, as recorded
+    differ = sorted(f"{part}.{k}" for part in ("model", "train", "sample", "data")
+                    for k in current[part] if recorded[part].get(k) != current[part][k])
+    trained = (m.get("train") or {}).get("steps")
+    if trained is not None and trained != current["train"]["steps"]:
+        differ.append(f"steps trained {trained} != {current['train']['steps']}")
+    if differ:
+        raise ValueError(f"metrics of row {row} (run {run}) were measured with settings that differ from profile "
+                         f"{profile.name!r} now ({', '.join(differ)}); rerun the workflow (delete "
+                         f"results/runs/{profile.name}/{run} if training refuses to resume)")
+
+
+def _fid_columns(profile: Profile, row: str, m: dict, paper_fid) -> dict:
+    check_current(m, row, profile)
+    return {"measured_fid": _num(m.get("fid")), "paper_fid": _num(paper_fid),
+            "delta_fid": delta(m.get("fid"), paper_fid), "n_samples": m.get("n"), "fid_mode": m.get("fid_mode"),
+            "run": m.get("config", training_run(row, profile.name)), "profile": profile.name,
+            "scale": scale(profile, row, m.get("n"))}
+
+
+FID_DISPLAY = [Column("measured_fid", "FID (measured)", "{:.2f}"), Column("paper_fid", "FID (paper)", "{:.2f}"),
+               Column("delta_fid", "Δ FID", "{:+.2f}")]
+TAIL_DISPLAY = [Column("run", "Run"), Column("n_samples", "n", "{:d}"), Column("scale", "Scale")]
+
+
+def _caption(title: str, profile: Profile) -> str:
+    where = "paper protocol" if is_paper_protocol(profile) else f"profile '{profile.name}', reduced scale"
+    return f"{title} Measured under {where}; paper values beside them."
+
+
+# ----------------------------------------------------------------------------- Tables 1, 2, 5
+
+def table1(metrics: dict[str, dict], flops: list[dict], profile: Profile | str) -> Table:
+    """Table 1: FID and GFLOPs (128/256/512, paper scale) of the ablation rows R1-R4, A-E."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    paper = paper_values()["table1"]
+    need(metrics, TABLE1_ROWS)
+    counted = {(f["config"], int(f["resolution"])): f for f in flops}
+    rows = []
+    for row in TABLE1_ROWS:
+        missing = [r for r in TABLE1_RESOLUTIONS if (row, r) not in counted]
+        if missing:
+            raise ValueError(f"FLOP counts for {row} at {missing} are missing from the FLOP JSON")
+        g = {r: float(counted[row, r]["gflops"]) for r in TABLE1_RESOLUTIONS}
+        slope = gflops_slope(g[256], g[512], 256, 512)
+        p = paper[row]
+        rows.append({"row": row, "title": p["title"], **_fid_columns(profile, row, metrics[row], p["fid"]),
+                     **{f"gflops_{r}": g[r] for r in TABLE1_RESOLUTIONS},
+                     **{f"paper_gflops_{r}": _num(p[f"gflops_{r}"]) for r in TABLE1_RESOLUTIONS},
+                     "complexity": complexity(slope), "complexity_slope": slope,
+                     "paper_complexity": p["complexity"], "params_128": counted[row, 128].get("params")})
+    df = pd.DataFrame(rows)
+    display = [Column("row", "Row"), Column("title", "Configuration"), *FID_DISPLAY,
+               *[Column(f"gflops_{r}", f"GFLOP@{r}", "{:.2f}") for r in TABLE1_RESOLUTIONS],
+               *[Column(f"paper_gflops_{r}", f"paper GFLOP@{r}", "{:.0f}") for r in TABLE1_RESOLUTIONS],
+               Column("complexity", "Complexity"), Column("complexity_slope", "slope", "{:.2f}"),
+               Column("paper_complexity", "paper Complexity"), *TAIL_DISPLAY]
+    notes = [_protocol_note(profile, "FID-50k on ImageNet-128 after 400k steps at batch 256"),
+             "GFLOPs are counted by `hdit flops` (fvcore, 1 FLOP = 1 multiply-accumulate, forward pass, batch 1) "
+             "on the paper-scale architectures, whatever the profile; 256/512 use the paper's resolution "
+             "adaptation (one new outer level per doubling).",
+             "Complexity is derived from the counted GFLOPs: slope = d log(GFLOPs) / d log(pixel count) "
+             "between 256 and 512 px, rounded to O(n^k).",
+             *_sharing_note(TABLE1_ROWS, profile)]
+    return Table("table1", _caption("Ablation of the architecture and training steps (ImageNet-128 in the paper).",
+                                    profile), df, display, notes)
+
+
+def _fid_table(name: str, title: str, ids, section: str, metrics: dict, profile: Profile | str) -> Table:
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    paper = paper_values()[section]
+    need(metrics, ids)
+    rows = [{"row": r, "title": paper[r]["title"], **_fid_columns(profile, r, metrics[r], paper[r]["fid"])}
+            for r in ids]
+    display = [Column("row", "Row"), Column("title", "Configuration"), *FID_DISPLAY, *TAIL_DISPLAY]
+    notes = [_protocol_note(profile, "FID-50k on ImageNet-128 after 400k steps at batch 256"),
+             *_sharing_note(ids, profile)]
+    return Table(name, _caption(title, profile), pd.DataFrame(rows), display, notes)
+
+
+def table2(metrics: dict[str, dict], profile: Profile | str) -> Table:
+    return _fid_table("table2", "Skip information merging mechanism (on top of step E).", TABLE2_ROWS,
+                      "table2", metrics, profile)
+
+
+def table5(metrics: dict[str, dict], profile: Profile | str) -> Table:
+    return _fid_table("table5", "Loss weighting ablation (step E's model).", TABLE5_ROWS, "table5",
+                      metrics, profile)
+
+
+# ----------------------------------------------------------------------------- Tables 3, 4
+
+def _cited(r: dict, extra: dict) -> dict:
+    return {"row": r["method"], "group": r["group"], "source": CITED, "measured_fid": float("nan"),
+            "paper_fid": _num(r["fid"]), "delta_fid": float("nan"), "run": None, "profile": None,
+            "scale": f"{CITED} (paper protocol, FID-{r.get('n_samples', 50000) // 1000}k)", **extra}
+
+
+def table3(metrics: dict[str, dict], profile: Profile | str) -> Table:
+    """Table 3, FFHQ-1024. `metrics` has keys 'small' (fid_samples_ffhq_small) and 'full' (fid_samples)."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    small_n_paper = get_profile("paper").fid_samples_ffhq_small
+    need(metrics, ("small", "full"))
+    rows = []
+    for r in paper_values()["table3"]["rows"]:
+        if not r["ours"]:
+            rows.append(_cited(r, {"paper_n": r["n_samples"], "n_samples": None}))
+            continue
+        m = metrics["small" if r["n_samples"] == small_n_paper else "full"]
+        rows.append({"row": r["method"], "group": r["group"], "source": "measured", "paper_n": r["n_samples"],
+                     **_fid_columns(profile, r["config"], m, r["fid"])})
+    df = pd.DataFrame(rows)[["row", "group", "source", "measured_fid", "paper_fid", "delta_fid", "n_samples",
+                            "paper_n", "fid_mode", "run", "profile", "scale"]]
+    display = [Column("row", "Method"), Column("group", "Group"), *FID_DISPLAY, Column("n_samples", "n", "{:.0f}"),
+               Column("paper_n", "paper n", "{:d}"), Column("scale", "Scale")]
+    notes = [_protocol_note(profile, "FID on FFHQ-1024 after 1M steps (HDiT-85M)"),
+             "Literature rows are cited from the paper (not measured here).",
+             f"Our two rows score two sample sets of the same run, {profile.fid_samples_ffhq_small} and "
+             f"{profile.fid_samples} images (profile '{profile.name}'), like the paper's 5k and 50k rows."]
+    return Table("table3", _caption("FFHQ-1024.", profile), df, display, notes)
+
+
+def _millions(n) -> str | None:
+    if n is None:
+        return None
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def table4(metrics: dict, profile: Profile | str) -> Table:
+    """Table 4, ImageNet-256 without CFG: FID, IS, params, samples seen, sampling steps."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    rows = []
+    for r in paper_values()["table4"]["rows"]:
+        paper = {"paper_is": _num(r["is"]), "paper_params": r["params"], "paper_samples_seen": r["samples_seen"],
+                 "paper_steps": r["steps"]}
+        if not r["ours"]:
+            rows.append(_cited(r, {**paper, "measured_is": float("nan"), "delta_is": float("nan")}))
+            continue
+        m = metrics
+        train, sample = m.get("train", {}), m.get("sample", {})
+        seen = train["steps"] * train["batch_size"] if train.get("steps") and train.get("batch_size") else None
+        rows.append({"row": r["method"], "group": r["group"], "source": "measured",
+                     **_fid_columns(profile, r["config"], m, r["fid"]), "measured_is": _num(m.get("is_mean")),
+                     "delta_is": delta(m.get("is_mean"), r["is"]), **paper,
+                     "measured_params": train.get("params"), "measured_params_str": _millions(train.get("params")),
+                     "measured_samples_seen": seen, "measured_samples_seen_str": _millions(seen),
+                     "measured_steps": sample.get("steps"), "cfg_scale": sample.get("cfg_scale")})
+    df = pd.DataFrame(rows)
+    display = [Column("row", "Method"), Column("group", "Group"), *FID_DISPLAY,
+               Column("measured_is", "IS (measured)", "{:.2f}"), Column("paper_is", "IS (paper)", "{:.1f}"),
+               Column("measured_params_str", "Params"), Column("paper_params", "paper Params"),
+               Column("measured_samples_seen_str", "Samples seen"),
+               Column("paper_samples_seen", "paper Samples seen"), Column("measured_steps", "Steps", "{:.0f}"),
+               Column("paper_steps", "paper Steps"), Column("scale", "Scale")]
+    notes = [_protocol_note(profile, "FID@50k and IS@50k on ImageNet-256 without CFG (HDiT-557M, 2.2M steps)"),
+             "Literature rows are cited from the paper (not measured here).",
+             "Our row: params of the model as trained under the profile; samples seen = training steps x batch "
+             "size; steps = sampler steps, no classifier-free guidance (w = 1)."]
+    return Table("table4", _caption("ImageNet-256 without guidance.", profile), df, display, notes)

@@ -1,0 +1,210 @@
+"""Report rendering on fabricated metrics/FLOP JSON (tmp dirs only): delta, scale label, complexity
+slope, run sharing, the Markdown/LaTeX/CSV writers and the `hdit report` CLI's errors."""
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from hdit.configs import TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, get_config
+from hdit.profiles import get_profile
+from hdit.reference import paper_values
+from hdit.report import render, tables
+from hdit.report.runs import rows_of_run, signature, training_run
+
+# Closed-form GMACs consistent with the paper's Table 1 (REFERENCE.md); A-E share one slope class.
+FAKE_GFLOPS = {"R1": (106.4, 657.6, 6340.6), "A": (32.17, 114.03, 1059.91), "B1": (29.15, 60.27, 184.74),
+               "B2": (29.10, 60.04, 183.75), "E": (31.37, 64.72, 198.10)}
+for _r, _src in (("R2", "R1"), ("R3", "R1"), ("R4", "R1"), ("C", "E"), ("D", "E")):
+    FAKE_GFLOPS[_r] = FAKE_GFLOPS[_src]
+
+
+def fake_flops():
+    return [{"config": c, "resolution": r, "gflops": g, "params": 1000 + i, "unsupported_ops": {}}
+            for c, gs in FAKE_GFLOPS.items() for i, (r, g) in enumerate(zip((128, 256, 512), gs))]
+
+
+def fake_metrics(row, fid, n=None, **extra):
+    n = n or get_profile("default").fid_samples
+    return {"config": training_run(row, "default"), "fid": fid, "n": n, "fid_mode": "clean", **extra}
+
+
+def test_rows_share_a_run_only_when_resolved_configs_are_equal():
+    for profile in ("default", "paper"):
+        assert training_run("skip-lerp", profile) == training_run("softminsnr-g4", profile) == "E"
+        assert training_run("snr", profile) == "D"
+        assert rows_of_run("E", profile) == ["E", "skip-lerp", "softminsnr-g4"]
+        # every other row trains on its own
+        for cid in ("R1", "R2", "R3", "R4", "A", "B1", "B2", "C", "skip-add", "skip-concat", "minsnr-g5",
+                    "minsnr-g4", "ffhq-1024", "imagenet-256"):
+            assert training_run(cid, profile) == cid
+    # the names differ, the trained content does not
+    assert get_config("E").title != get_config("skip-lerp").title
+    assert signature("E", "default") == signature("skip-lerp", "default") != signature("D", "default")
+
+
+@pytest.mark.parametrize("slope,label", [(0.81, "O(n)"), (1.0, "O(n)"), (1.63, "O(n^2)"), (2.04, "O(n^2)"),
+                                         (0.2, "O(1)"), (float("nan"), "n/a")])
+def test_complexity_label_from_slope(slope, label):
+    assert tables.complexity(slope) == label
+
+
+def test_gflops_slope_is_per_pixel_count():
+    assert tables.gflops_slope(10, 40, 256, 512) == pytest.approx(1.0)  # 4x pixels, 4x cost
+    assert tables.gflops_slope(10, 160, 256, 512) == pytest.approx(2.0)
+    assert tables.gflops_slope(657.6, 6340.6, 256, 512) == pytest.approx(1.635, abs=1e-3)
+
+
+def test_table1_delta_slope_and_scale(tmp_path):
+    fids = {r: 10.0 + i for i, r in enumerate(TABLE1_ROWS)}
+    t = tables.table1({r: fake_metrics(r, f) for r, f in fids.items()}, fake_flops(), "default")
+    df = t.df.set_index("row")
+    paper = paper_values()["table1"]
+    assert list(df.index) == list(TABLE1_ROWS)
+    for r in TABLE1_ROWS:
+        assert df.loc[r, "measured_fid"] == fids[r]
+        assert df.loc[r, "paper_fid"] == paper[r]["fid"]
+        assert df.loc[r, "delta_fid"] == pytest.approx(fids[r] - paper[r]["fid"])
+        assert df.loc[r, "complexity"] == paper[r]["complexity"]  # derived from the counts, matches the paper
+    assert df.loc["E", "complexity_slope"] == pytest.approx(math.log(198.10 / 64.72) / math.log(4))
+    assert df.loc["A", "gflops_512"] == 1059.91 and df.loc["A", "paper_gflops_512"] == 1060
+    label = df.loc["E", "scale"]
+    assert label == get_profile("default").scale_label(get_config("E")) and label.startswith("default:")
+    assert "32px" in label and get_profile("default").fid_label() in label
+    assert any("E, skip-lerp, softminsnr-g4" in n for n in t.notes)
+    assert any("NOT the paper's protocol" in n for n in t.notes)
+
+    paths = render.write(t, tmp_path)
+    csv = pd.read_csv(tmp_path / "table1.csv")
+    for col in ("row", "measured_fid", "paper_fid", "gflops_128", "gflops_256", "gflops_512", "complexity",
+                "complexity_slope", "scale"):
+        assert col in csv.columns
+    assert len(csv) == 10
+    md = (tmp_path / "table1.md").read_text()
+    assert "reduced scale" in md.splitlines()[0] and md.count("\n| ") == 11  # header + 10 rows
+    assert "| E | D + soft-min-snr | 19.00 | 27.74 | -8.74 |" in md
+    tex = (tmp_path / "table1.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"O(n\textasciicircum{}2)" in tex and "skip-lerp" in tex
+    assert [p.name for p in paths] == ["table1.md", "table1.tex", "table1.csv"]
+
+
+def test_paper_profile_caption_says_paper_protocol():
+    t = tables.table2({r: fake_metrics(r, 30.0) for r in TABLE2_ROWS}, "paper")
+    assert "paper protocol" in t.caption and "reduced" not in t.caption
+    assert t.df.scale.str.startswith("paper protocol: imagenet-128").all()
+
+
+def test_table1_rejects_missing_flops_or_rows():
+    metrics = {r: fake_metrics(r, 1.0) for r in TABLE1_ROWS}
+    with pytest.raises(ValueError, match=r"R1 at \[512\]"):
+        tables.table1(metrics, [f for f in fake_flops() if not (f["config"] == "R1" and f["resolution"] == 512)],
+                      "default")
+    del metrics["C"]
+    with pytest.raises(ValueError, match=r"\['C'\]"):
+        tables.table1(metrics, fake_flops(), "default")
+
+
+def test_table5_rows_and_sharing_note():
+    t = tables.table5({r: fake_metrics(r, 40.0) for r in TABLE5_ROWS}, "default")
+    assert list(t.df.row) == list(TABLE5_ROWS)
+    assert list(t.df.run) == ["D", "minsnr-g5", "minsnr-g4", "E"]
+    assert list(t.df.paper_fid) == [41.41, 36.65, 35.62, 27.74]
+    assert any("snr" in n and "(D)" in n for n in t.notes)
+
+
+def test_table3_cited_and_measured_rows():
+    p = get_profile("default")
+    metrics = {"small": fake_metrics("ffhq-1024", 80.0, n=p.fid_samples_ffhq_small),
+               "full": fake_metrics("ffhq-1024", 70.0, n=p.fid_samples)}
+    df = tables.table3(metrics, "default").df
+    ours = df[df.source == "measured"].set_index("paper_n")
+    assert ours.loc[5000, "measured_fid"] == 80.0 and ours.loc[50000, "measured_fid"] == 70.0
+    assert ours.loc[5000, "delta_fid"] == pytest.approx(80.0 - 8.48)
+    assert f"FID-{p.fid_samples_ffhq_small}" in ours.loc[5000, "scale"]  # the count actually used
+    assert f"FID-{p.fid_samples}" in ours.loc[50000, "scale"]
+    cited = df[df.source != "measured"]
+    assert len(cited) == 5 and cited.measured_fid.isna().all() and cited.scale.str.startswith("cited").all()
+
+
+def test_table4_is_params_samples_seen():
+    m = fake_metrics("imagenet-256", 90.0, is_mean=3.5, is_std=0.1,
+                     train={"steps": 300, "batch_size": 32, "params": 2_500_000}, sample={"steps": 50, "cfg_scale": 1.0})
+    df = tables.table4(m, "default").df
+    ours = df[df.source == "measured"].iloc[0]
+    assert ours.measured_is == 3.5 and ours.paper_is == 135.2 and ours.delta_is == pytest.approx(3.5 - 135.2)
+    assert ours.measured_samples_seen == 9600 and ours.measured_params_str == "2.50M"
+    assert ours.paper_params == "557M" and ours.measured_steps == 50
+    assert (df.source == "measured").sum() == 1 and len(df) == 11
+
+
+def test_stale_metrics_are_refused():
+    """A run trained under other settings than the profile's current ones must not get its Scale label."""
+    from hdit.report.runs import training_run as tr
+    current = json.loads(json.dumps(tables.resolve("E", "default").to_dict()))
+    m = fake_metrics("E", 20.0, resolved_config=current, train={"steps": current["train"]["steps"]})
+    tables.check_current(m, "E", get_profile("default"))  # current: accepted
+    stale = json.loads(json.dumps(current))
+    stale["model"]["depths"] = [9, 9]
+    with pytest.raises(ValueError, match="model.depths"):
+        tables.check_current({**m, "resolved_config": stale}, "E", get_profile("default"))
+    with pytest.raises(ValueError, match="steps trained 1"):
+        tables.check_current({**m, "train": {"steps": 1}}, "E", get_profile("default"))
+    assert tr("E", "default") == "E"
+
+
+def test_markdown_escapes_and_missing_cells():
+    t = render.Table("tableX", "cap", pd.DataFrame({"a": ["x|y", None], "b": [1.0, float("nan")]}),
+                     [render.Column("a", "A"), render.Column("b", "B", "{:.1f}")])
+    md = render.to_markdown(t)
+    assert "| x\\|y | 1.0 |" in md and "| – | – |" in md
+    tex = render.to_latex(t)
+    assert "x|y & 1.0" in tex and "-- & --" in tex
+
+
+def _report(*args):
+    return subprocess.run([sys.executable, "-m", "hdit.cli", "report", *args], capture_output=True, text=True)
+
+
+def test_cli_renders_table2_and_rejects_bad_input(tmp_path):
+    pairs = []
+    for r in TABLE2_ROWS:
+        p = tmp_path / f"{r}.json"
+        p.write_text(json.dumps(fake_metrics(r, 25.0)))
+        pairs.append(f"{r}={p}")
+    out = _report("table", "2", "--profile", "default", "--metrics", *pairs, "--out-dir", str(tmp_path / "t"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t" / "table2.csv").exists()
+    bad = _report("table", "2", "--profile", "default", "--metrics", *pairs[:2], "--out-dir", str(tmp_path / "u"))
+    assert bad.returncode == 2 and "skip-lerp" in bad.stderr
+    bad = _report("table", "2", "--profile", "laptop", "--metrics", *pairs, "--out-dir", str(tmp_path / "u"))
+    assert bad.returncode == 2 and "'laptop'" in bad.stderr
+    bad = _report("table", "2", "--profile", "default", "--metrics", "nonsense", "--out-dir", str(tmp_path / "u"))
+    assert bad.returncode == 2 and "KEY=PATH" in bad.stderr
+
+
+def test_fig8_from_the_trainers_weighting(tmp_path):
+    from hdit.report import figures
+
+    df = figures.fig8_frame(gamma=5.0)
+    small, large = df.iloc[0], df.iloc[-1]
+    assert small.min_snr == pytest.approx(5.0) and small.soft_min_snr == pytest.approx(1 / (0.01 ** 2 + 0.2))
+    assert large.soft_min_snr == pytest.approx(large.min_snr, rel=1e-3)  # both -> 1/sigma^2
+    assert (df.soft_min_snr <= df.min_snr + 1e-12).all()
+    paths = figures.fig8(tmp_path / "fig8")
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_fig9_needs_inception_scores(tmp_path):
+    from hdit.report import figures
+
+    ms = [fake_metrics("imagenet-256", 50 - w, is_mean=2 + w, is_std=0.1, scale="s", sample={"cfg_scale": w})
+          for w in (3.0, 1.0, 1.5)]
+    df = figures.fig9_frame(ms)
+    assert list(df.cfg_scale) == [1.0, 1.5, 3.0] and list(df.is_mean) == [3.0, 3.5, 5.0]
+    figures.fig9(ms, tmp_path / "fig9", {"cfg_scale": 1.3, "fid": 3.21, "is": 220.6})
+    assert (tmp_path / "fig9.csv").exists() and (tmp_path / "fig9.pdf").exists()
+    ms[0]["is_mean"] = None
+    with pytest.raises(ValueError, match="3.0"):
+        figures.fig9_frame(ms)

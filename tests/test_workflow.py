@@ -1,0 +1,127 @@
+"""The Snakemake DAG: dry-runs of both profiles, config-schema rejection, lint, the resume contract,
+and a real smoke run of small targets (Figure 8 and Figure 2's FLOP count) in a tmp working directory."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hdit.profiles import get_profile, resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEFILE = ROOT / "Snakefile"
+MY_FILES = ("Snakefile", "common.smk", "data.smk", "train.smk", "sample.smk", "evaluate.smk", "flops.smk",
+            "report.smk")
+
+
+def snakemake(workdir, *args, cwd=ROOT, timeout=300):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' block of a dry-run."""
+    block = output.split("Job stats:", 1)[1].split("Reasons:", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+def jobs(output: str, rule: str) -> list[str]:
+    """The dry-run text of every job of `rule`."""
+    return [b for b in re.split(r"\n(?=\[.*\]\nrule )", output) if re.search(rf"^rule {rule}:$", b, re.M)]
+
+
+def test_default_table1_dry_run_trains_all_ten_rows(tmp_path):
+    r = snakemake(tmp_path, "-n", "-p", "table1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    assert counts["train"] == 10 and counts["sample"] == 10 and counts["fid"] == 10
+    assert counts["count_flops"] == 1 and counts["export_reference"] == 1 and counts["reference_stats"] == 1
+    assert counts["table1_files"] == 1
+    train = jobs(r.stdout, "train")
+    assert {re.search(r"--config (\S+)", j)[1] for j in train} == {"R1", "R2", "R3", "R4", "A", "B1", "B2", "C",
+                                                                    "D", "E"}
+    # resume contract: only done.json is declared, every run passes --resume, threads set torch's threads
+    for j in train:
+        assert re.search(r"output: results/runs/default/[\w-]+/done\.json\n", j)
+        assert "--resume" in j and "--profile default" in j and "OMP_NUM_THREADS=" in j
+    fid = jobs(r.stdout, "fid")[0]
+    n = get_profile("default").fid_samples
+    assert f"--n {n} " in fid and "--mode clean" in fid and "results/refs/default/shapes-32" in fid
+    steps = resolve("E", "default").sample.steps  # sampler steps are part of the sample dir
+    assert any(f"--steps {steps} --out results/samples/default/E/seed0-cfg1.0-n{n}-steps{steps}" in j
+               for j in jobs(r.stdout, "sample"))
+
+
+def test_default_all_shares_identical_rows(tmp_path):
+    r = snakemake(tmp_path, "-n", "all")
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    # 19 registry rows, E = skip-lerp = softminsnr-g4 and D = snr resolve equal -> 16 runs
+    assert counts["train"] == 16
+    # Tables 1, 2, 5: 14 runs at w = 1; Table 3: two sample counts; Table 4 / Figure 9: one set per CFG scale
+    assert counts["sample"] == 14 + 2 + 4
+    for rule in ("table1_files", "table2_files", "table3_files", "table4_files", "table5_files", "fig2_files",
+                 "fig8_files", "fig9_files"):
+        assert counts[rule] == 1
+
+
+def test_paper_profile_dry_run_has_gpu_resources(tmp_path):
+    r = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(ROOT / "workflows/config/paper.yaml"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    # one reference set (and its cached FID statistics) per dataset: imagenet-128, imagenet-256, ffhq-1024
+    assert counts["train"] == 16 and counts["export_reference"] == 3 and counts["reference_stats"] == 3
+    for j in jobs(r.stdout, "train"):
+        assert "gpu=8" in j and "torchrun --standalone --nproc_per_node=8 -m hdit.cli train" in j
+        assert "--device cuda" in j and "--profile paper" in j
+    assert any("--data /data/ffhq" in j for j in jobs(r.stdout, "train"))
+    assert all("gpu=1" in j for j in jobs(r.stdout, "fid"))
+    assert any("--n 5000 " in j for j in jobs(r.stdout, "fid")) and any("--n 50000 " in j for j in jobs(r.stdout, "fid"))
+
+
+def test_slurm_workflow_profile_dry_run(tmp_path):
+    r = snakemake(tmp_path, "-n", "all", "--workflow-profile", str(ROOT / "workflows/profiles/slurm"),
+                  "--configfile", str(ROOT / "workflows/config/paper.yaml"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "nodes=1" in jobs(r.stdout, "train")[0] and "cpus_per_task=64" in jobs(r.stdout, "train")[0]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("bogus=1", "'bogus' was unexpected"),
+    ("device=tpu", "'tpu'"),
+    ("profile=laptop", "unknown profile 'laptop'; valid profiles"),
+])
+def test_config_is_validated(tmp_path, override, message):
+    r = snakemake(tmp_path, "-n", "table1", "--config", override)
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr
+
+
+def test_lint_is_clean_for_the_workflow_files(tmp_path):
+    r = snakemake(tmp_path, "--lint")
+    flagged = re.findall(r"^Lints for (?:snakefile|rule \w+ \(line \d+,) (\S+?)\)?:$", r.stdout + r.stderr, re.M)
+    mine = [f for f in flagged if Path(f).name in MY_FILES]
+    assert not mine, r.stdout
+
+
+def test_smoke_run_fig8_and_fig2(tmp_path):
+    """Real jobs: the trainer's weighting (Figure 8) and fvcore counts at paper scale (Figure 2)."""
+    extra = tmp_path / "fig2.yaml"
+    extra.write_text("fig2_resolutions: [128, 1024]\n")
+    targets = ["results/figures/fig8.png", "results/figures/fig2.png", "--configfile", str(extra)]
+    r = snakemake(tmp_path, "--cores", "2", *targets)
+    assert r.returncode == 0, r.stderr + r.stdout
+    fig = tmp_path / "results" / "figures"
+    for name in ("fig8", "fig2"):
+        for ext in ("png", "pdf", "csv"):
+            assert (fig / f"{name}.{ext}").stat().st_size > 0
+    g = pd.read_csv(fig / "fig2.csv").set_index(["config", "resolution"]).gflops
+    assert g["E", 128] == pytest.approx(31.37, abs=0.05) and g["R1", 128] == pytest.approx(106.4, abs=0.1)
+    assert g["E", 1024] / g["R1", 1024] < 0.01  # paper Figure 2: < 1% of DiT's cost at megapixel scale
+    w = pd.read_csv(fig / "fig8.csv")
+    assert w.gamma.unique().tolist() == [5.0] and w.min_snr.max() == pytest.approx(5.0)
+    # finished results are not recomputed
+    again = snakemake(tmp_path, "-n", *targets)
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,142 @@
+# Shared wiring: config validation, the profile, the file layout of every stage and the input functions.
+# Counts (steps, batch, FID samples, CFG scales) come from hdit.profiles; which rows share a training
+# run comes from hdit.report.runs (resolved configs compared). Nothing here is a hard-coded number.
+import glob
+import hashlib
+import json
+import os
+import re
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, ConfigError
+from hdit.profiles import get_profile, resolve
+from hdit.report.runs import training_run
+
+validate(config, "../schemas/config.schema.yaml")
+try:
+    PROFILE = get_profile(config["profile"])
+except ConfigError as e:
+    raise WorkflowError(f"config 'profile': {e}") from None
+
+P = PROFILE.name
+RES = config["results"]
+SEED = config["seed"]
+NO_CFG = 1.0  # paper convention: w = 1 means no guidance (Tables 1-5)
+FFHQ, IMAGENET256 = "ffhq-1024", "imagenet-256"  # the Table 3 / Table 4 (and Figure 9) configs
+
+# ------------------------------------------------------------------ file layout
+RUN_DIR = f"{RES}/runs/{P}/{{run}}"
+SAMPLE_DIR = f"{RES}/samples/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-n{{n}}-steps{{steps}}"
+METRICS = f"{RES}/metrics/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-fid{{n}}{{inception}}.json"
+RAW_METRICS = f"{RES}/metrics/{P}/{{run}}/raw/seed{{seed}}-cfg{{cfg}}-fid{{n}}{{inception}}.json"
+REF_DIR = f"{RES}/refs/{P}/{{dataset}}-{{resolution}}"
+FLOPS = f"{RES}/flops/{{name}}.json"
+TABLES = f"{RES}/tables"
+FIGURES = f"{RES}/figures"
+LOGS = f"{RES}/logs/{P}"
+
+FLOP_SETS = {
+    "table1": (TABLE1_ROWS, (128, 256, 512)),  # the paper's Table 1 columns
+    "fig2": (("E", "R1"), tuple(config["fig2_resolutions"])),  # HDiT-B/4 (step E) vs DiT-B/4
+}
+
+# measured throughput vs FLOPs (hdit.report.scaling) from the committed benchmark JSON, when both exist
+BENCH_JSON = sorted(glob.glob(f"{RES}/bench/*.json"))
+HAVE_SCALING = bool(BENCH_JSON) and os.path.exists(os.path.join(workflow.basedir, "hdit", "report", "scaling.py"))
+
+wildcard_constraints:
+    run="|".join(re.escape(c) for c in REGISTRY),
+    seed=r"\d+",
+    cfg=r"\d+(\.\d+)?",
+    n=r"\d+",
+    steps=r"\d+",
+    inception=r"(-is)?",
+    dataset=r"[a-z]+",
+    resolution=r"\d+",
+    name="|".join(FLOP_SETS),
+
+
+# ------------------------------------------------------------------ helpers
+def resolved(run):
+    return resolve(run, P)
+
+
+def training_signature(wildcards):
+    """Hash of what training depends on (model, train, data of the resolved config): a `params` value, so a
+    profile/registry change reruns training (resuming, or extending when only the step count grew)."""
+    d = resolved(wildcards.run).to_dict()
+    blob = json.dumps({k: d[k] for k in ("model", "train", "data")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def rule_resources(rule):
+    return config["resources"].get(rule, {})
+
+
+def launcher():
+    """`hdit` on one device; torchrun for multi-GPU training (the paper profile)."""
+    n = config["torchrun"]["nproc_per_node"]
+    return "hdit" if n == 1 else f"torchrun --standalone --nproc_per_node={n} -m hdit.cli"
+
+
+def dataset_setting(name, key):
+    entry = config["datasets"].get(name)
+    if entry is None:
+        raise WorkflowError(f"config 'datasets' has no entry for dataset {name!r} "
+                            f"(needed by profile {P!r}); add datasets: {{{name}: {{path: ...}}}}")
+    return entry.get(key)
+
+
+def metrics_file(config_id, n=None, cfg=NO_CFG, inception=False):
+    """The annotated metrics JSON of a paper row (through the training run it shares)."""
+    return METRICS.format(run=training_run(config_id, P), seed=SEED, cfg=float(cfg),
+                          n=n or PROFILE.fid_samples, inception="-is" if inception else "")
+
+
+def metrics_pairs(config_ids):
+    """`ROW=PATH ...` for `hdit report table`."""
+    return " ".join(f"{c}={metrics_file(c)}" for c in config_ids)
+
+
+def fig9_metrics():
+    return [metrics_file(IMAGENET256, cfg=w, inception=True) for w in PROFILE.cfg_scales]
+
+
+def table_files(n):
+    return expand(f"{TABLES}/table{n}.{{ext}}", ext=("md", "tex", "csv"))
+
+
+def figure_files(name):
+    return expand(f"{FIGURES}/{name}.{{ext}}", ext=("png", "pdf", "csv"))
+
+
+# ------------------------------------------------------------------ input functions and params
+def export_source(wildcards):
+    path = dataset_setting(wildcards.dataset, "path")
+    return f"--data {path}" if path else ""
+
+
+def reference_n(wildcards):
+    return dataset_setting(wildcards.dataset, "reference_n") or PROFILE.fid_samples
+
+
+def reference_dir(wildcards):
+    d = resolved(wildcards.run).data
+    return REF_DIR.format(dataset=d.name, resolution=d.resolution)
+
+
+def data_path(wildcards):
+    path = dataset_setting(resolved(wildcards.run).data.name, "path")
+    return f"--data {path}" if path else ""
+
+
+def samples_of(wildcards):
+    """The run's sample set at this seed and CFG scale with exactly the n images FID-n scores."""
+    steps = resolved(wildcards.run).sample.steps  # in the path: new sampler steps never reuse old shards
+    return SAMPLE_DIR.format(run=wildcards.run, seed=wildcards.seed, cfg=wildcards.cfg, n=wildcards.n, steps=steps)
+
+
+def sample_meta(wildcards):
+    return os.path.join(samples_of(wildcards), "meta.json")
