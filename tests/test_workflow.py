@@ -48,7 +48,8 @@ def test_default_table1_dry_run_trains_all_ten_rows(tmp_path):
         assert "--resume" in j and "--profile default" in j and "OMP_NUM_THREADS=" in j
     fid = jobs(r.stdout, "fid")[0]
     n = get_profile("default").fid_samples
-    assert f"--n {n} " in fid and "--mode clean" in fid and "results/refs/default/shapes-32" in fid
+    mode = get_profile("default").fid_mode
+    assert f"--n {n} " in fid and f"--mode {mode}" in fid and "results/refs/default/shapes-32" in fid
     steps = resolve("E", "default").sample.steps  # sampler steps are part of the sample dir
     assert any(f"--steps {steps} --out results/samples/default/E/seed0-cfg1.0-n{n}-steps{steps}" in j
                for j in jobs(r.stdout, "sample"))
