@@ -245,6 +245,9 @@ def test_inception_score_needs_a_classifier_head(tmp_path, net):
     samples = write_shard(tmp_path / "s", shapes(8))
     with pytest.raises(ExtractorError, match="classifier"):
         compute.compute_metrics(samples, inception_score=True, net=net)
+    # the workflow's offline mode: IS recorded as unavailable, with the reason, never as a number
+    r = compute.compute_metrics(samples, inception_score="if-available", net=net, device="cpu", verbose=False)
+    assert r["is_mean"] is None and "classifier" in r["is_unavailable"]
     # clean-fid's cache (first in the resolution order) holding the same weights plus an output layer
     torch.manual_seed(0)
     full = torch.jit.script(FullInception(net.layers))

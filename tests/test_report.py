@@ -206,3 +206,8 @@ def test_fig9_needs_inception_scores(tmp_path):
     ms[0]["is_mean"] = None
     with pytest.raises(ValueError, match="3.0"):
         figures.fig9_frame(ms)
+    # IS unavailable for every scale (offline Inception without classifier): FID over w, labelled as such
+    for m in ms:
+        m.update(is_mean=None, is_unavailable="no classifier head")
+    figures.fig9(ms, tmp_path / "fig9b")
+    assert pd.read_csv(tmp_path / "fig9b.csv").is_mean.isna().all()

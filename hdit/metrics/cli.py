@@ -29,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=_positive, help="expected number of samples (label FID-<n>); must match the directory")
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
                    help=f"clean-fid resize mode (default {DEFAULT_MODE}, as the ADM evaluator)")
-    p.add_argument("--is", dest="inception_score", action="store_true", help="also compute the Inception Score")
+    p.add_argument("--is", dest="inception_score", action="store_const", const=True, default=False,
+                   help="also compute the Inception Score (error if the Inception file has no classifier head)")
+    p.add_argument("--is-if-available", dest="inception_score", action="store_const", const="if-available",
+                   help="compute the Inception Score where the Inception file has its classifier head; otherwise "
+                        "record it as unavailable with the reason (the offline default)")
     p.add_argument("--device", help="feature device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=_positive)
     p.add_argument("--workers", type=int, help="data-loader workers for decoding/resizing")
@@ -47,7 +51,7 @@ def _text(r: dict) -> str:
     parts = [f"{r['label']} ({r['mode']})"]
     if "fid" in r:
         parts += [f"fid={r['fid']:.4f}", f"kid={r['kid']:.6f}"]
-    if "is_mean" in r:
+    if r.get("is_mean") is not None:
         parts.append(f"is={r['is_mean']:.3f}+-{r['is_std']:.3f}")
     return " ".join(parts + [f"extractor={r['extractor_sha256'][:12]}"])
 

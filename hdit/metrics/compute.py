@@ -10,7 +10,7 @@ import torch
 
 from hdit.metrics.features import default_device, iter_features, open_images
 from hdit.metrics.images import MetricsError
-from hdit.metrics.inception import FEATURE_DIM, InceptionNet, load_inception
+from hdit.metrics.inception import FEATURE_DIM, ExtractorError, InceptionNet, load_inception
 from hdit.metrics.refstats import DEFAULT_CACHE_DIR, reference_stats
 from hdit.metrics.scores import Moments, fid_label, frechet_distance, inception_score as is_score
 from hdit.metrics.scores import kernel_inception_distance
@@ -27,12 +27,15 @@ def _samples_meta(samples_dir: Path) -> dict | None:
 
 
 def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str = DEFAULT_MODE,
-                    inception_score: bool = False, device=None, cache_dir=DEFAULT_CACHE_DIR,
+                    inception_score: bool | str = False, device=None, cache_dir=DEFAULT_CACHE_DIR,
                     batch_size: int | None = None, workers: int | None = None, kid_subsets: int = 100,
                     kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0,
                     net: InceptionNet | None = None, verbose: bool = True) -> dict:
     """FID + KID against the reference set `ref_dir` (stats cached) and/or the Inception Score of exactly
-    `n` samples (None: all samples in the directory) -> one JSON-able dict."""
+    `n` samples (None: all samples in the directory) -> one JSON-able dict.
+
+    inception_score: True = required (error without a classifier head); "if-available" = computed when the
+    Inception file has its 1008-way output layer, else recorded as unavailable (`is_mean` None + reason)."""
     samples_dir = Path(samples_dir)
     if ref_dir is None and not inception_score:
         raise MetricsError("nothing to compute: give a reference directory (FID/KID) and/or inception_score=True")
@@ -44,8 +47,14 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
         raise MetricsError(f"{samples_dir}: {count} sample(s); FID needs at least 2")
     device = str(device or default_device())
     net = net or load_inception(device)
+    is_unavailable = None
     if inception_score and net.classifier is None:
-        net.logits(torch.zeros(1, FEATURE_DIM))  # raises the clear "no classifier head" error before any work
+        try:  # fail (or record why IS is unavailable) before any work
+            net.logits(torch.zeros(1, FEATURE_DIM))
+        except ExtractorError as e:
+            if inception_score != "if-available":
+                raise
+            is_unavailable, inception_score = str(e), False
     result = {"label": fid_label(count), "n": count, "mode": mode, "extractor_sha256": net.sha256,
               "extractor_path": str(net.path), "samples_dir": str(samples_dir),
               "resolution": list(images.shape[:2])}
@@ -74,6 +83,8 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
         probs = torch.softmax(net.logits(torch.from_numpy(feats)), dim=1).numpy()
         result["is_mean"], result["is_std"] = is_score(probs, is_splits)
         result["is_splits"] = is_splits
+    elif is_unavailable:
+        result.update(is_mean=None, is_std=None, is_unavailable=is_unavailable)
     result["samples_meta"] = _samples_meta(samples_dir)
     result["provenance"] = provenance(device)
     return result

@@ -98,7 +98,7 @@ def fig9_frame(metrics: list[dict]) -> pd.DataFrame:
              "is_std": m.get("is_std"), "n": m.get("n"), "fid_mode": m.get("fid_mode"), "config": m.get("config"),
              "profile": m.get("profile"), "scale": m.get("scale")} for m in metrics]
     df = pd.DataFrame(rows).sort_values("cfg_scale").reset_index(drop=True)
-    if df.is_mean.isna().any():
+    if df.is_mean.isna().any() and not df.is_mean.isna().all():
         raise ValueError(f"Inception Score missing for cfg scales {list(df.cfg_scale[df.is_mean.isna()])}")
     return df
 
@@ -107,13 +107,21 @@ def fig9(metrics: list[dict], out_prefix: str | Path, paper_best: dict | None = 
     """IS vs FID over CFG scales (paper Figure 9) for the ImageNet-256 config as trained by the profile."""
     df = fig9_frame(metrics)
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    ax.plot(df.fid, df.is_mean, marker="o")
-    for _, r in df.iterrows():
-        ax.annotate(f"w={r.cfg_scale:g}", (r.fid, r.is_mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set(xlabel=f"FID ({df.fid_mode.iloc[0]}, n = {df.n.iloc[0]})", ylabel="Inception Score",
-           title="Figure 9: IS vs FID over CFG scale")
-    ax.grid(alpha=0.3)
+    fid_label = f"FID ({df.fid_mode.iloc[0]}, n = {df.n.iloc[0]})"
     text = f"measured at: {df.scale.iloc[0]}"
+    if df.is_mean.isna().all():  # offline Inception without classifier head: FID over w only, said plainly
+        ax.plot(df.cfg_scale, df.fid, marker="o")
+        ax.set(xlabel="CFG scale w (1 = no guidance)", ylabel=fid_label,
+               title="Figure 9 (FID only): IS unavailable with this Inception file")
+        reason = next((m.get("is_unavailable") for m in metrics if m.get("is_unavailable")), None)
+        text += "\nInception Score not measured: " + (reason or "no IS in the metrics files")
+    else:
+        ax.plot(df.fid, df.is_mean, marker="o")
+        for _, r in df.iterrows():
+            ax.annotate(f"w={r.cfg_scale:g}", (r.fid, r.is_mean), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+        ax.set(xlabel=fid_label, ylabel="Inception Score", title="Figure 9: IS vs FID over CFG scale")
+    ax.grid(alpha=0.3)
     if paper_best:
         text += (f"\npaper (ImageNet-256, FID-50k, not comparable): best FID {paper_best['fid']} / "
                  f"IS {paper_best['is']} at w = {paper_best['cfg_scale']}")

@@ -34,7 +34,7 @@ rule fid:
         RAW_METRICS,
     params:
         samples=lambda wc, input: os.path.dirname(input.samples),
-        inception=lambda wc: "--is" if wc.inception else "",
+        inception=lambda wc: "--is-if-available" if wc.inception else "",
         mode=PROFILE.fid_mode,
         device=config["device"],
     threads: config["threads"]["fid"]
