@@ -98,7 +98,7 @@ PROFILES: dict[str, Profile] = {
         "~1/4 depths, short training, small-sample FID. Same code paths as the paper profile.",
         resolution=32, patch_size=2, keep_inner_levels=2, width_divisor=6, head_dim=32, depth_divisor=4, min_depth=2,
         mapping_width=128, dataset="shapes", num_classes=10, steps=200, batch_size=32, lr=1e-3,
-        ema_warmup_gamma=1.0, sample_steps=50, ddpm_sample_steps=50, fid_samples=250,
+        ema_warmup_gamma=1.0, sample_steps=25, ddpm_sample_steps=25, fid_samples=200,
         fid_samples_ffhq_small=100, cfg_scales=(1.0, 1.5, 2.0, 3.0),
     ),
 }

@@ -85,7 +85,7 @@ def test_paper_profile_is_identity_and_default_is_small():
     assert all(w % e.model.head_dim == 0 for w in e.model.widths)
     assert e.train.steps < 10_000 and e.model.num_classes == 10
     assert resolve("ffhq-1024", "default").model.num_classes == 0  # stays unconditional
-    assert "FID-250" in PROFILES["default"].scale_label(get_config("E"))
+    assert "FID-200" in PROFILES["default"].scale_label(get_config("E"))
     assert "FID-50k" in PROFILES["paper"].scale_label(get_config("E"))
 
 
