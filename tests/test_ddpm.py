@@ -8,13 +8,7 @@ import torch
 from baselines.gaussian_diffusion import (GaussianDiffusion, discretized_gaussian_log_likelihood, linear_betas,
                                           normal_kl, space_timesteps)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

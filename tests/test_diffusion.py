@@ -9,13 +9,7 @@ from hdit.diffusion import (Denoiser, cfg_denoiser, dit_timestep, f_weighting, k
 
 SIGMAS = torch.tensor([1e-3, 0.05, 0.3, 0.5, 1.0, 2.0, 10.0, 1e3], dtype=torch.float64)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_scalings_closed_form():

@@ -12,13 +12,7 @@ from hdit.profiles import resolve
 from hdit.sample import SampleError, load_run, sample_run
 from hdit.train import train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_run(tmp_path_factory, config_id):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from hdit.data.base import UInt8Dataset
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
 # PIL modes that are (or losslessly convert to) 3-channel colour; anything else (alpha, 16-bit, ...)
 # is rejected rather than silently converted.
@@ -62,7 +64,7 @@ def _check_dir(path) -> Path:
     return path
 
 
-class ImageFolderDataset:
+class ImageFolderDataset(UInt8Dataset):
     """Images under `root` -> (float32 CHW tensor in [-1, 1], label).
 
     `class_folders=True` (ImageNet): each sub-folder of `root` is a class, labels in sorted folder
@@ -92,16 +94,6 @@ class ImageFolderDataset:
         images = np.stack([load_image(self.files[i][0], self.resolution) for i in indices])
         return images, np.array([self.files[i][1] for i in indices], dtype=np.int64)
 
-    def get_batch(self, indices):
-        import torch
-
-        images, labels = self.get_uint8(indices)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return x.contiguous(), torch.from_numpy(labels)
-
-    def __getitem__(self, i: int):
-        x, y = self.get_batch([i])
-        return x[0], int(y[0])
 
 
 def imagenet(root, resolution: int, split: str = "train") -> ImageFolderDataset:

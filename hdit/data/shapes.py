@@ -23,6 +23,8 @@ import hashlib
 
 import numpy as np
 
+from hdit.data.base import UInt8Dataset
+
 SHAPES = ("disk", "square", "triangle", "plus", "ring")
 COLOURS = ((0.95, 0.55, 0.10), (0.15, 0.45, 0.95))
 NUM_CLASSES = len(SHAPES) * len(COLOURS)
@@ -131,7 +133,7 @@ def render(indices, resolution: int = 32, seed: int = 0, split: str = "train") -
     return np.round(img * 255).astype(np.uint8), p["label"]
 
 
-class ShapesDataset:
+class ShapesDataset(UInt8Dataset):
     """Map-style dataset: item i -> (float32 CHW tensor in [-1, 1], label). `get_batch` renders at once."""
 
     def __init__(self, resolution: int = 32, split: str = "train", seed: int = 0, size: int | None = None):
@@ -149,14 +151,3 @@ class ShapesDataset:
         if len(indices) and (indices.min() < 0 or indices.max() >= self.size):
             raise IndexError(f"shapes index out of range [0, {self.size})")
         return render(indices, self.resolution, self.seed, self.split)
-
-    def get_batch(self, indices):
-        import torch
-
-        images, labels = self.get_uint8(indices)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return x.contiguous(), torch.from_numpy(labels)
-
-    def __getitem__(self, i: int):
-        x, y = self.get_batch([i])
-        return x[0], int(y[0])

@@ -1,0 +1,21 @@
+"""What every dataset shares: `get_uint8(indices)` is the one method a dataset implements; batches
+for the trainer ([-1, 1] float CHW) and single items are derived from it here."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class UInt8Dataset:
+    def get_uint8(self, indices) -> tuple[np.ndarray, np.ndarray]:  # images [N, H, W, 3] uint8, labels [N]
+        raise NotImplementedError
+
+    def get_batch(self, indices):
+        import torch
+
+        images, labels = self.get_uint8(indices)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return x.contiguous(), torch.from_numpy(labels)
+
+    def __getitem__(self, i: int):
+        x, y = self.get_batch([i])
+        return x[0], int(y[0])
