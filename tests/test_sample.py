@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hdit.cli import main as cli
-from hdit.profiles import resolve
+from hdit.profiles import get_profile, resolve
 from hdit.sample import SampleError, load_run, sample_run
 from hdit.train import train
 
@@ -52,7 +52,7 @@ def test_shards_format_and_meta(run_e, tmp_path):
     assert stored["sampler"] == "dpmpp-3m-sde" and stored["steps"] == 3 and stored["cfg_scale"] == 1.0
     assert stored["profile"] == "default" and stored["weights"] == "ema" and meta["n"] == 5
     # the run's SampleConfig supplies the default step count
-    assert load_run(run_e)[0].sample.steps == 50
+    assert load_run(run_e)[0].sample.steps == get_profile("default").sample_steps  # the profile decides
 
 
 def test_resume_equals_uninterrupted_and_seed_matters(run_e, tmp_path):
