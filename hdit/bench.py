@@ -21,7 +21,6 @@ import copy
 import ctypes
 import functools
 import gc
-import re
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ import torch
 from hdit import io
 from hdit.configs import ConfigError
 from hdit.profiles import resolve
-from hdit.provenance import provenance
+from hdit.provenance import device_slug, provenance
 
 SUITES = ("train", "forward", "scaling", "sample")
 MODEL_LABELS = {"hdit": "HDiT", "dit": "DiT-B/4"}
@@ -62,11 +61,6 @@ PLANS = {
     # --quick: default-profile models (32 px native), a few iterations.
     "quick": Plan("default", 32, (8,), (32, 64, 128), 8, 4, warmup=2, iters=4),
 }
-
-
-def device_slug(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (the results/bench/<slug>.json file name)."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 # ------------------------------------------------------------------------------------------------

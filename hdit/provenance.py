@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import datetime
 import platform
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,25 @@ def device_name(device=None) -> str:
     if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (the results/bench/<slug>.json file name)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def nvidia_gpu_slug() -> str | None:
+    """The first NVIDIA GPU's name as a slug, from nvidia-smi (no torch import: the Snakefile calls this
+    while building the DAG), or None on a machine without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = out.stdout.strip().splitlines() if out.returncode == 0 else []
+    return device_slug(names[0]) if names else None
 
 
 def provenance(device=None) -> dict:

@@ -113,8 +113,10 @@ def fig9(metrics: list[dict], out_prefix: str | Path, paper_best: dict | None = 
         ax.plot(df.cfg_scale, df.fid, marker="o")
         ax.set(xlabel="CFG scale w (1 = no guidance)", ylabel=fid_label,
                title="Figure 9 (FID only): IS unavailable with this Inception file")
-        reason = next((m.get("is_unavailable") for m in metrics if m.get("is_unavailable")), None)
-        text += "\nInception Score not measured: " + (reason or "no IS in the metrics files")
+        # the full reason (with local paths) stays in the metrics JSON's `is_unavailable`; the figure says why
+        text += ("\nInception Score not measured: the Inception file used has no 1008-way classifier (reason in "
+                 "the metrics JSON, `is_unavailable`);\nprovide NVIDIA's inception-2015-12-05.pt via "
+                 "$HDIT_INCEPTION_PATH for the IS axis.")
     else:
         ax.plot(df.fid, df.is_mean, marker="o")
         for _, r in df.iterrows():

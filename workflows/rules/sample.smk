@@ -12,6 +12,9 @@ rule sample:
         out=lambda wc, output: os.path.dirname(output[0]),
         device=config["device"],
     threads: config["threads"]["sample"]
+    # Guided sampling runs two forwards per step (cond + uncond): start those longer jobs first, so the
+    # short ones fill the gaps at the end (longest-processing-time-first packing of Figure 9's sweep).
+    priority: lambda wc: 0 if float(wc.cfg) == NO_CFG else 1
     resources:
         **rule_resources("sample"),
     log:
