@@ -4,7 +4,7 @@
 #   snakemake --cores all figures
 #   snakemake --configfile workflows/config/paper.yaml --workflow-profile workflows/profiles/paper all
 #
-# Targets: flops, table1 .. table5, figures, all. See docs/WORKFLOW.md.
+# Targets: flops, table1 .. table5, figures, all. See README.md ("The workflow").
 import glob
 import os
 

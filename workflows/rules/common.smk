@@ -8,6 +8,7 @@ import os
 import re
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, ConfigError
@@ -19,6 +20,15 @@ try:
     PROFILE = get_profile(config["profile"])
 except ConfigError as e:
     raise WorkflowError(f"config 'profile': {e}") from None
+
+# Every rule runs the installed `hdit` entry point. Under --use-conda a job runs in workflows/envs/hdit.yaml,
+# which pins the dependencies but cannot install this checkout (Snakemake copies the env file away from it),
+# so there `hdit` is a shell function for `python -m hdit.cli`, importing the package from the working dir.
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    if not os.path.isfile(os.path.join("hdit", "cli.py")):
+        raise WorkflowError(f"--use-conda runs `python -m hdit.cli` from the working directory, but {os.getcwd()!r} "
+                            "has no hdit/cli.py: run snakemake from the repository root (or without --use-conda)")
+    shell.prefix('set -euo pipefail; hdit() {{ python -m hdit.cli "$@"; }}; ')  # braces doubled: Snakemake formats it
 
 P = PROFILE.name
 RES = config["results"]
