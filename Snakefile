@@ -1,6 +1,6 @@
 # Reproduce HDiT (Crowson et al., ICML 2024): Tables 1-5 and Figures 2, 8, 9.
 #
-#   snakemake --cores all table1                  # embedded default profile, offline CPU (~30 min)
+#   snakemake --cores all table1                  # embedded default profile, offline CPU (~15 min)
 #   snakemake --cores all figures
 #   snakemake --configfile workflows/config/paper.yaml --workflow-profile workflows/profiles/paper all
 #

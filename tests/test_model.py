@@ -120,7 +120,7 @@ def test_variants_are_parameters():
     e = tiny("E", dropout=(0.1, 0.0))
     assert e.down[0][0].attn.dropout.p == 0.1 and e.mid[0].ff.dropout.p == 0.0
     assert tiny("skip-concat").skips[0].proj.in_features == 2 * resolve("E", "default").model.widths[0]
-    assert float(e.skips[0].fac) == 0.5  # learnable lerp initialised at 0.5
+    assert float(e.skips[0].fac.detach()) == 0.5  # learnable lerp initialised at 0.5
     a = tiny("A")
     assert a.pos_emb is not None and a.ropes is None and a.mid[0].ff.down.in_features == 4 * a.cfg.widths[-1]
     assert e.pos_emb is None and e.ropes is not None and e.mid[0].ff.down.in_features == 3 * e.cfg.widths[-1]
