@@ -389,7 +389,7 @@ def train(run: RunConfig, out, profile: str = "default", *, steps: int | None = 
         pbar.close()
 
     now = time.perf_counter()
-    done = {"step": step, "wall_time_s": round(elapsed + now - t0, 2),
+    done = {"step": step, "resumed_from_step": session_start, "wall_time_s": round(elapsed + now - t0, 2),
             "seconds_per_step_this_session": round((now - t0) / max(1, step - session_start), 4),
             "config_id": run.id, "profile": profile, "seed": seed, "world_size": world_size,
             "provenance": provenance(device)}

@@ -1,5 +1,6 @@
 """The Snakemake DAG: dry-runs of both profiles, config-schema rejection, lint, the resume contract,
 and a real smoke run of small targets (Figure 8 and Figure 2's FLOP count) in a tmp working directory."""
+import json
 import re
 import subprocess
 import sys
@@ -151,3 +152,36 @@ def test_conda_env_pins_match_requirements():
     post = (ROOT / "workflows/envs/hdit.post-deploy.sh").read_text()
     nodeps = _pins((ROOT / "requirements-nodeps.txt").read_text().splitlines())
     assert nodeps and all(p in post.split() for p in nodeps) and "--no-deps" in post
+
+
+@pytest.mark.slow
+def test_killed_training_job_resumes_under_snakemake(tmp_path):
+    """Issue contract: a job killed mid-training (SIGKILL of the whole Snakemake process group, as a lost node
+    would) keeps its checkpoint -- it is not a declared output, so Snakemake never deletes it -- and the rerun
+    of the same target continues from it instead of starting again."""
+    import os
+    import signal
+    import time
+
+    target = "results/runs/default/B1/done.json"  # B1: the cheapest row to train under the default profile
+    run_dir = tmp_path / "results" / "runs" / "default" / "B1"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "1",
+           target]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "checkpoint.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "done.json").exists() and (run_dir / "checkpoint.pt").exists()
+
+    # a hard kill leaves Snakemake's directory lock behind; its own message says to run --unlock first
+    assert snakemake(tmp_path, "--unlock").returncode == 0
+    r = snakemake(tmp_path, "--cores", "1", target)
+    assert r.returncode == 0, r.stderr + r.stdout
+    done = json.loads((run_dir / "done.json").read_text())
+    assert done["step"] == resolve("B1", "default").train.steps and done["resumed_from_step"] > 0
