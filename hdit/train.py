@@ -76,6 +76,11 @@ class Objective:
 
     def __call__(self, x: torch.Tensor, labels, gen: torch.Generator) -> torch.Tensor:
         n = x.shape[0]
+        aug_cond = None
+        if self.t.augment_prob > 0:  # non-leaking augmentation (FFHQ-1024, Table 6): the model sees its vector
+            from hdit.data.augment import non_leaky_augment
+
+            x, aug_cond = non_leaky_augment(x, self.t.augment_prob, gen)
         noise = torch.randn(x.shape, generator=gen, device=x.device)
         if self.t.objective == "ddpm":
             t = torch.randint(0, self.diffusion.num_steps, (n,), generator=gen, device=x.device)
@@ -84,7 +89,7 @@ class Objective:
 
         sigma = sample_sigma(n, self.run.data.resolution, gen, self.rank, self.world_size, self.t.sigma_min,
                              self.t.sigma_max, self.t.sigma_data, device=x.device)
-        return self.denoiser.loss(x, noise, sigma, labels, self.t.weighting, self.t.gamma)
+        return self.denoiser.loss(x, noise, sigma, labels, self.t.weighting, self.t.gamma, aug_cond)
 
 
 def drop_labels(labels: torch.Tensor, num_classes: int, p: float, gen: torch.Generator):
@@ -274,9 +279,10 @@ def train(run: RunConfig, out, profile: str = "default", *, steps: int | None = 
     if run.model.num_classes and dataset.num_classes != run.model.num_classes:
         raise TrainError(f"dataset {run.data.name!r} has {dataset.num_classes} classes; config {run.id} "
                          f"expects {run.model.num_classes}")
-    if t.augment_prob > 0 and rank == 0:
-        print(f"warning: augment_prob={t.augment_prob} is not implemented (non-leaky augmentation); "
-              "training without augmentation", file=sys.stderr)
+    if t.augment_prob > 0 and (run.model.family != "hdit" or t.objective == "ddpm"):
+        raise TrainError(f"augment_prob={t.augment_prob}: non-leaking augmentation needs the HDiT model's "
+                         f"augmentation conditioning (EDM objective); config {run.id} is {run.model.family}/"
+                         f"{t.objective}")
     if workers is None:  # shapes renders whole batches in-process; image folders decode in workers
         workers = 0 if isinstance(dataset, ShapesDataset) else min(8, os.cpu_count() or 1)
 

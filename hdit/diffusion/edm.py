@@ -67,22 +67,24 @@ class Denoiser(nn.Module):
             return c_noise(sigma)
         return dit_timestep(sigma, self.sigma_min, self.sigma_max)
 
-    def raw(self, x_noisy: torch.Tensor, sigma: torch.Tensor, class_labels=None) -> torch.Tensor:
-        """F(c_in * x, noise_cond, labels) in fp32 (the network may run under autocast)."""
+    def raw(self, x_noisy: torch.Tensor, sigma: torch.Tensor, class_labels=None, aug_cond=None) -> torch.Tensor:
+        """F(c_in * x, noise_cond, labels[, aug_cond]) in fp32 (the network may run under autocast).
+        `aug_cond`: the [B, 9] augmentation vector of non-leaking augmentation (training only; None = zeros)."""
         _, _, c_in = scalings(sigma, self.sigma_data)
-        return self.net(x_noisy * _expand(c_in, x_noisy), self.cond(sigma), class_labels).float()
+        args = (x_noisy * _expand(c_in, x_noisy), self.cond(sigma), class_labels)
+        return (self.net(*args) if aug_cond is None else self.net(*args, aug_cond)).float()
 
     def forward(self, x_noisy: torch.Tensor, sigma: torch.Tensor, class_labels=None) -> torch.Tensor:
         c_skip, c_out, _ = (_expand(c, x_noisy) for c in scalings(sigma, self.sigma_data))
         return c_skip * x_noisy + c_out * self.raw(x_noisy, sigma, class_labels)
 
     def loss(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, class_labels=None,
-             weighting: str = "soft-min-snr", gamma: float = 4.0) -> torch.Tensor:
+             weighting: str = "soft-min-snr", gamma: float = 4.0, aug_cond=None) -> torch.Tensor:
         """Per-sample F-space loss: w_F(sigma) * mean((F - target)^2), target = (x0 - c_skip x_noisy) / c_out."""
         x_noisy = x0 + noise * _expand(sigma, x0)
         c_skip, c_out, _ = (_expand(c, x0) for c in scalings(sigma, self.sigma_data))
         target = (x0 - c_skip * x_noisy) / c_out
-        err = (self.raw(x_noisy, sigma, class_labels) - target).pow(2).flatten(1).mean(1)
+        err = (self.raw(x_noisy, sigma, class_labels, aug_cond) - target).pow(2).flatten(1).mean(1)
         return err * f_weighting(weighting, sigma, gamma, self.sigma_data)
 
 
