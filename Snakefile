@@ -5,7 +5,6 @@
 #   snakemake --configfile workflows/config/paper.yaml --workflow-profile workflows/profiles/paper all
 #
 # Targets: flops, table1 .. table5, figures, all. See README.md ("The workflow").
-import glob
 import os
 
 configfile: os.path.join(workflow.basedir, "workflows", "config", "default.yaml")
@@ -18,11 +17,7 @@ include: "workflows/rules/sample.smk"
 include: "workflows/rules/evaluate.smk"
 include: "workflows/rules/flops.smk"
 include: "workflows/rules/report.smk"
-
-
-if os.path.exists(os.path.join(workflow.basedir, "workflows", "rules", "bench.smk")):
-
-    include: "workflows/rules/bench.smk"
+include: "workflows/rules/bench.smk"
 
 
 localrules:
