@@ -31,6 +31,7 @@ import torch
 
 from hdit import io
 from hdit.configs import ConfigError
+from hdit.diffusion import Denoiser, cfg_denoiser, sample, sigma_from_u
 from hdit.profiles import resolve
 from hdit.provenance import device_slug, provenance
 
@@ -210,20 +211,10 @@ def inputs(run, batch: int, device):
     return x, cond, labels
 
 
-def denoiser_for(run, net):
-    from hdit.diffusion.edm import Denoiser
-
-    t = run.train
-    noise_cond = "dit_timestep" if run.model.family == "dit" else "c_noise"  # R2: DiT in the EDM trainer
-    return Denoiser(net, t.sigma_data, noise_cond, t.sigma_min, t.sigma_max)
-
-
 def train_step_fn(b: Bench, run, model, net, batch: int):
     """One training step as the trainer should run it on a GPU: no host sync anywhere in it."""
-    from hdit.diffusion.edm import sigma_from_u
-
     t, m, dev = run.train, run.model, b.device
-    denoiser = denoiser_for(run, net)
+    denoiser = Denoiser.for_run(run, net)
     opt = torch.optim.AdamW(model.param_groups(t.lr, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps,
                             fused=dev.type == "cuda")
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -262,9 +253,7 @@ def forward_fn(b: Bench, run, model, net, batch: int):
 
 
 def sample_fn(b: Bench, run, model, net, batch: int):
-    from hdit.diffusion.sampling import cfg_denoiser, sample
-
-    denoiser, s, m, dev = denoiser_for(run, net), run.sample, run.model, b.device
+    denoiser, s, m, dev = Denoiser.for_run(run, net), run.sample, run.model, b.device
     labels = torch.randint(0, m.num_classes, [batch], device=dev) if m.num_classes else None
     model.eval()
 

@@ -8,6 +8,7 @@ embedded CPU default; the `paper` profile uses them unchanged (Table 6).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field, replace
 
@@ -180,7 +181,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-shaped (tuples as lists): equal to what config.json / metrics JSON store, so the two compare."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @staticmethod
     def from_dict(d: dict) -> "RunConfig":

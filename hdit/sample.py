@@ -89,9 +89,7 @@ def sample_batch(run: RunConfig, model, n: int, steps: int, cfg_scale: float, ge
         else:
             from hdit.diffusion import Denoiser, cfg_denoiser, sample
 
-            cond = "dit_timestep" if m.family == "dit" else "c_noise"
-            denoiser = Denoiser(model, t.sigma_data, cond, t.sigma_min, t.sigma_max)
-            fn = cfg_denoiser(denoiser, labels, m.num_classes, cfg_scale)
+            fn = cfg_denoiser(Denoiser.for_run(run, model), labels, m.num_classes, cfg_scale)
             x = sample(fn, shape, steps, t.sigma_min, t.sigma_max, run.sample.rho, run.sample.eta, generator,
                        device, progress)
     return x.float().clamp(-1, 1), labels

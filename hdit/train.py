@@ -14,7 +14,8 @@
   each rank takes its own slice of the data stream, seeds and stratified-u strata.
 - Run dir: checkpoint.pt (model, EMA, optimiser, step, all RNG states, data position; written
   atomically every --checkpoint-every steps and at exit), config.json, log.csv, done.json.
-- Non-finite loss: stops before the optimiser step with an error naming the step; the last good
+- Non-finite loss: losses are read at log/checkpoint boundaries (one host sync per interval); the first
+  non-finite one stops the run with an error naming its step, before the next checkpoint, so the last good
   checkpoint stays in place.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import math
 import os
 import random
@@ -37,6 +39,8 @@ from tqdm.auto import tqdm
 
 from hdit import io
 from hdit.configs import ConfigError, RunConfig
+from hdit.data.augment import non_leaky_augment
+from hdit.diffusion import Denoiser, sample_sigma
 from hdit.ema import ema_decay, ema_update
 from hdit.provenance import provenance
 
@@ -68,25 +72,18 @@ class Objective:
             device = next(model.parameters()).device
             self.diffusion = GaussianDiffusion.ddpm(1000, learn_sigma=run.model.learn_sigma).to(device)
         else:
-            from hdit.diffusion import Denoiser
-
-            cond = "dit_timestep" if run.model.family == "dit" else "c_noise"
-            self.denoiser = Denoiser(model, self.t.sigma_data, cond, self.t.sigma_min, self.t.sigma_max)
+            self.denoiser = Denoiser.for_run(run, model)
         self.model = model
 
     def __call__(self, x: torch.Tensor, labels, gen: torch.Generator) -> torch.Tensor:
         n = x.shape[0]
         aug_cond = None
         if self.t.augment_prob > 0:  # non-leaking augmentation (FFHQ-1024, Table 6): the model sees its vector
-            from hdit.data.augment import non_leaky_augment
-
             x, aug_cond = non_leaky_augment(x, self.t.augment_prob, gen)
         noise = torch.randn(x.shape, generator=gen, device=x.device)
         if self.t.objective == "ddpm":
             t = torch.randint(0, self.diffusion.num_steps, (n,), generator=gen, device=x.device)
             return self.diffusion.training_losses(self.model, x, t, noise, labels)["loss"]
-        from hdit.diffusion import sample_sigma
-
         sigma = sample_sigma(n, self.run.data.resolution, gen, self.rank, self.world_size, self.t.sigma_min,
                              self.t.sigma_max, self.t.sigma_data, device=x.device)
         return self.denoiser.loss(x, noise, sigma, labels, self.t.weighting, self.t.gamma, aug_cond)
@@ -146,8 +143,6 @@ def default_checkpoint_every(steps: int) -> int:
 def run_status(out: Path) -> str | None:
     """None for an empty/new dir, else a description of the run it holds."""
     if (out / "done.json").exists():
-        import json
-
         return f"a finished run (step {json.loads((out / 'done.json').read_text()).get('step')})"
     if (out / "checkpoint.pt").exists():
         return "an unfinished run with a checkpoint"
@@ -183,11 +178,7 @@ def _append_log(path: Path, row: dict) -> None:
 
 def _comparable(d: dict) -> dict:
     """A RunConfig dict as stored in JSON, without the (extendable) step count."""
-    import json
-
-    d = json.loads(json.dumps(d))
-    d["train"].pop("steps", None)
-    return d
+    return {**d, "train": {k: v for k, v in d["train"].items() if k != "steps"}}
 
 
 def _setup_device(device: str | None, local_rank: int, world_size: int) -> torch.device:
@@ -205,8 +196,6 @@ def _setup_device(device: str | None, local_rank: int, world_size: int) -> torch
 
 def _load_for_resume(out: Path, run: RunConfig, profile: str, world_size: int) -> dict | None:
     """The checkpoint to continue from (None: start fresh); refuses mismatched or unwanted resumes."""
-    import json
-
     if (out / "config.json").exists():
         stored = json.loads((out / "config.json").read_text())
         if stored["profile"] != profile or _comparable(stored["config"]) != _comparable(run.to_dict()):
@@ -265,8 +254,6 @@ def train(run: RunConfig, out, profile: str = "default", *, steps: int | None = 
                              "or remove the directory")
     ckpt = _load_for_resume(out, run, profile, world_size) if resume else None
     if ckpt is not None and ckpt["step"] >= total and (out / "done.json").exists():
-        import json
-
         if rank == 0:
             print(f"{out}: already trained to step {ckpt['step']} (>= {total}); nothing to do", file=sys.stderr)
         return json.loads((out / "done.json").read_text())

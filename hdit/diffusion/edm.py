@@ -62,6 +62,13 @@ class Denoiser(nn.Module):
         self.net, self.sigma_data, self.noise_cond = net, sigma_data, noise_cond
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
+    @classmethod
+    def for_run(cls, run, net: nn.Module) -> "Denoiser":
+        """The Denoiser of a RunConfig's EDM objective: HDiT gets c_noise, DiT under EDM (R2) its timestep."""
+        t = run.train
+        return cls(net, t.sigma_data, "dit_timestep" if run.model.family == "dit" else "c_noise",
+                   t.sigma_min, t.sigma_max)
+
     def cond(self, sigma: torch.Tensor) -> torch.Tensor:
         if self.noise_cond == "c_noise":
             return c_noise(sigma)

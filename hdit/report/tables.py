@@ -6,7 +6,6 @@ Literature rows of Tables 3 and 4 are cited values and are labelled as such.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import pandas as pd
@@ -87,7 +86,7 @@ def check_current(m: dict, row: str, profile: Profile) -> None:
     recorded = m.get("resolved_config")
     if recorded is None:
         return
-    current = json.loads(json.dumps(resolve(run, profile.name).to_dict()))  # tuples -> lists, as recorded
+    current = resolve(run, profile.name).to_dict()
     differ = sorted(f"{part}.{k}" for part in ("model", "train", "sample", "data")
                     for k in current[part] if recorded[part].get(k) != current[part][k])
     trained = (m.get("train") or {}).get("steps")
