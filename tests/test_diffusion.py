@@ -89,19 +89,43 @@ def test_denoiser_noise_conditioning():
         Denoiser(net, 0.5, "t")
 
 
-def test_sigma_density_quantiles():
-    u = torch.tensor([0.0, 0.5, 1.0])
-    s128, s256, s32 = sigma_from_u(u, 128), sigma_from_u(u, 256), sigma_from_u(u, 32)
-    assert s128[1].item() == pytest.approx(1.0, abs=2e-3)  # REFERENCE.md
-    assert s256[1].item() == pytest.approx(1.41, abs=5e-3)
-    assert s32[1].item() == pytest.approx(0.5, abs=2e-3)  # no shift at the 32 px reference resolution
-    for s in (s128, s256, s32):
-        assert s[0].item() == pytest.approx(1e-3, rel=1e-4) and s[2].item() == pytest.approx(1e3, rel=1e-4)
-    dense = sigma_from_u(torch.linspace(0, 1, 1001), 128)
-    assert (dense[1:] > dense[:-1]).all()  # monotone quantile function
-    # the empirical median of stratified draws is the u = 0.5 quantile
+# Golden sigma(u) of the authors' interpolated-cosine density (sigma_data 0.5, range [1e-3, 1e3]),
+# computed from their formula (u = 0 is sigma_max): one row per training resolution.
+GOLDEN_U = (0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95)
+GOLDEN_SIGMA = {
+    32: (6.323, 3.152, 1.208, 0.5008, 0.2079, 0.08009, 0.04029),
+    64: (12.14, 5.863, 2.028, 0.7076, 0.2471, 0.08579, 0.04169),
+    128: (23.18, 10.88, 3.405, 1.000, 0.2937, 0.09191, 0.04315),
+    256: (43.78, 20.09, 5.707, 1.413, 0.3491, 0.09848, 0.04466),
+    512: (81.01, 36.74, 9.537, 1.994, 0.4149, 0.1055, 0.04622),
+    1024: (144.4, 65.91, 15.84, 2.808, 0.4926, 0.1130, 0.04784),
+}
+
+
+@pytest.mark.parametrize("resolution", sorted(GOLDEN_SIGMA))
+def test_sigma_density_golden_table(resolution):
+    """The whole quantile function, not only the median: the reversed interpolation has the same median
+    but an interquartile range of 0.59-1.71 instead of 0.29-3.41 at 128 px."""
+    got = sigma_from_u(torch.tensor(GOLDEN_U, dtype=torch.float64), resolution)
+    want = torch.tensor(GOLDEN_SIGMA[resolution], dtype=torch.float64)
+    assert torch.allclose(got, want, rtol=1e-3, atol=0), (resolution, got.tolist())
+
+
+@pytest.mark.parametrize("resolution", sorted(GOLDEN_SIGMA))
+def test_sigma_density_monotonic_and_ends(resolution):
+    dense = sigma_from_u(torch.linspace(0, 1, 20001, dtype=torch.float64), resolution)
+    assert (dense[1:] < dense[:-1]).all()  # strictly decreasing quantile function: no pile-up of draws
+    assert dense[0].item() == pytest.approx(1e3, rel=1e-6) and dense[-1].item() == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_sigma_density_spread_of_draws():
+    """Stratified draws at 128 px: median 1.0 and the interquartile range of the golden table."""
     g = torch.Generator().manual_seed(0)
-    assert sample_sigma(4000, 128, g).median().item() == pytest.approx(1.0, rel=0.01)
+    s = sample_sigma(4000, 128, g).double()
+    q = torch.quantile(s, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    assert q == pytest.approx([0.2937, 1.000, 3.405], rel=0.02)
+    u = torch.tensor([0.5])
+    assert sigma_from_u(u, 32).item() == pytest.approx(0.5, abs=2e-3)  # no shift at the 32 px reference
 
 
 def test_stratified_u():

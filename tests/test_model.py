@@ -116,6 +116,38 @@ def test_param_groups_cover_every_parameter_once():
     assert sum(len(g["params"]) for g in tiny("R2").param_groups(1e-4, 0.0)) == len(list(tiny("R2").parameters()))
 
 
+def test_param_groups_of_paper_e_as_the_authors():
+    """Paper-size E: which parameters are decayed and which run at lr/3, with counts from the architecture
+    (widths 384/768, depths 2/11, GEGLU 3x, mapping 1 x 768 with d_ff 2304, 1000 classes, patch 4)."""
+    with torch.device("meta"):
+        model = build_model(get_config("E").model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {(g["lr"], g["weight_decay"]): g["params"] for g in model.param_groups(lr=3e-4, weight_decay=0.01)}
+    lr, slow = 3e-4, 3e-4 / 3
+    assert sorted(groups) == sorted([(lr, 0.0), (lr, 0.01), (slow, 0.0), (slow, 0.01)])
+
+    def size(key):
+        return sum(p.numel() for p in groups[key])
+
+    w0, w1, mw, layers0, layers1 = 384, 768, 768, 4, 11  # level 0: 2 down + 2 up layers
+    heads = layers0 * w0 // 64 + layers1 * w1 // 64
+    # full lr, no decay: the mapping network's two input projections (authors: created without weight
+    # decay), the class embedding (+ null class), attention scales, the lerp factor, the output norm
+    no_decay = {names[id(p)] for p in groups[(lr, 0.0)]}
+    assert {"time_in.weight", "aug_in.weight", "class_emb.weight", "skips.0.fac", "out_norm.scale"} <= no_decay
+    assert size((lr, 0.0)) == 2 * mw * mw + 1001 * mw + heads + 1 + w0
+    # full lr, decayed: every other Linear weight (qkv, out, GEGLU up/down = 13 w^2 per layer, patch/merge/split)
+    assert all(names[id(p)].endswith("weight") for p in groups[(lr, 0.01)])
+    assert size((lr, 0.01)) == 13 * (layers0 * w0 ** 2 + layers1 * w1 ** 2) + 2 * 48 * w0 + 2 * 4 * w0 * w1
+    # lr/3, no decay: the mapping network's RMSNorm scales
+    assert {names[id(p)] for p in groups[(slow, 0.0)]} == {"mapping.in_norm.scale", "mapping.blocks.0.norm.scale",
+                                                             "mapping.out_norm.scale"}
+    # lr/3, decayed: AdaRMSNorm linears (2 per layer) and the mapping GEGLU
+    assert size((slow, 0.01)) == 2 * mw * (layers0 * w0 + layers1 * w1) + mw * 2 * 3 * mw + 3 * mw * mw
+    assert [len(groups[k]) for k in sorted(groups)] == [3, 32, 20, 64]
+    assert sum(size(k) for k in groups) == 117_003_805
+
+
 def test_variants_are_parameters():
     e = tiny("E", dropout=(0.1, 0.0))
     assert e.down[0][0].attn.dropout.p == 0.1 and e.mid[0].ff.dropout.p == 0.0

@@ -136,36 +136,47 @@ def stratified_uniform(n: int, generator: torch.Generator | None = None, rank: i
     return u.to(device=device, dtype=torch.float32)
 
 
-def _logsnr_cosine(u: torch.Tensor, logsnr_min: float, logsnr_max: float) -> torch.Tensor:
-    """Cosine schedule (Nichol & Dhariwal 2021) truncated to [logsnr_min, logsnr_max]; u=0 -> logsnr_max."""
-    t_min = math.atan(math.exp(-0.5 * logsnr_max))
-    t_max = math.atan(math.exp(-0.5 * logsnr_min))
-    return -2 * torch.log(torch.tan(t_min + u * (t_max - t_min)))
+def _logsnr_cosine(u: torch.Tensor, logsnr_start: float, logsnr_end: float) -> torch.Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021) in logSNR, from `logsnr_start` at u = 0 to `logsnr_end` at u = 1.
+
+    logSNR = -2 log tan(a), a linear in u between the angles of the two ends.
+    """
+    a_start = math.atan(math.exp(-0.5 * logsnr_start))
+    a_end = math.atan(math.exp(-0.5 * logsnr_end))
+    return -2 * torch.log(torch.tan(a_start + u * (a_end - a_start)))
 
 
-def _logsnr_cosine_shifted(u, image_d: int, noise_d: int, logsnr_min: float, logsnr_max: float):
-    """Simple diffusion's resolution shift (Hoogeboom et al. 2023): + 2 log(noise_d / image_d)."""
+def _logsnr_cosine_shifted(u, image_d: int, noise_d: int, logsnr_start: float, logsnr_end: float):
+    """Simple diffusion's resolution shift (Hoogeboom et al. 2023, Sec. 3): logSNR + 2 log(noise_d / image_d),
+    with the range shifted the other way so the shifted schedule still spans [logsnr_start, logsnr_end]."""
     shift = 2 * math.log(noise_d / image_d)
-    return _logsnr_cosine(u, logsnr_min - shift, logsnr_max - shift) + shift
+    return _logsnr_cosine(u, logsnr_start - shift, logsnr_end - shift) + shift
 
 
 def logsnr_cosine_interpolated(u: torch.Tensor, image_d: int, noise_d_low: int = 32, noise_d_high: int | None = None,
                                sigma_min: float = 1e-3, sigma_max: float = 1e3, sigma_data: float = 0.5):
-    """logSNR(u) = (1-u) * shifted_cos(u; 32) + u * shifted_cos(u; image_size), sigma range [1e-3, 1e3]."""
+    """logSNR(u) = (1-u) * shifted_cos(u; 32) + u * shifted_cos(u; image_size) (HDiT Sec. 5.1, from simple
+    diffusion's interpolated schedule).
+
+    Direction (the authors' k-diffusion code; docs/DIFFUSION.md): u = 0 is sigma_max, u = 1 is sigma_min, so
+    the 32-px-shifted schedule carries the weight (1-u) at HIGH noise and the image-size one at low noise.
+    Run the other way, the median is unchanged but the spread collapses and sigma(u) is no longer
+    monotonic above 512 px.
+    """
     noise_d_high = noise_d_high or image_d
-    lo = -2 * math.log(sigma_max / sigma_data)  # logSNR of sigma_max (in units of sigma_data)
-    hi = -2 * math.log(sigma_min / sigma_data)
-    low = _logsnr_cosine_shifted(u, image_d, noise_d_low, lo, hi)
-    high = _logsnr_cosine_shifted(u, image_d, noise_d_high, lo, hi)
+    logsnr_noisy = -2 * math.log(sigma_max / sigma_data)  # logSNR of sigma_max, in units of sigma_data
+    logsnr_clean = -2 * math.log(sigma_min / sigma_data)
+    low = _logsnr_cosine_shifted(u, image_d, noise_d_low, logsnr_noisy, logsnr_clean)
+    high = _logsnr_cosine_shifted(u, image_d, noise_d_high, logsnr_noisy, logsnr_clean)
     return torch.lerp(low, high, u)
 
 
 def sigma_from_u(u: torch.Tensor, resolution: int, sigma_min: float = 1e-3, sigma_max: float = 1e3,
                  sigma_data: float = 0.5) -> torch.Tensor:
-    """Interpolated-cosine density's quantile function: sigma = sigma_data * exp(-logSNR(u) / 2).
+    """Interpolated-cosine density's quantile function: sigma = sigma_data * exp(-logSNR(u) / 2), decreasing in u.
 
-    u = 0.5 gives sigma = 1.0 at 128 px and 1.41 at 256 px (REFERENCE.md); at 32 px both ends of the
-    interpolation coincide and u = 0.5 gives sigma_data.
+    u = 0.5 gives sigma = 1.0 at 128 px and 1.41 at 256 px; at 32 px both ends of the interpolation
+    coincide and u = 0.5 gives sigma_data. Golden quantiles at 32-1024 px: tests/test_diffusion.py.
     """
     logsnr = logsnr_cosine_interpolated(u.double(), resolution, 32, resolution, sigma_min, sigma_max, sigma_data)
     sigma = sigma_data * torch.exp(-logsnr / 2)

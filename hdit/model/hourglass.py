@@ -153,10 +153,14 @@ class HDiT(nn.Module):
         return self.patch_out(self.out_norm(x)).movedim(-1, 1)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """Mapping network and AdaRMSNorm linears at lr/3 (authors' code); weight decay only on Linear weights."""
+        """AdamW groups of the authors' code: the mapping network and the AdaRMSNorm linears at lr/3; weight
+        decay on Linear weights only, except the two input projections of the mapping network (noise-level
+        and augmentation Fourier features -> width), which are created without it. Norm scales, the
+        lerp factors, attention scales, embeddings and positions are never decayed."""
         mapping = {id(p) for p in self.mapping.parameters()}
         mapping |= {id(p) for m in self.modules() if isinstance(m, AdaRMSNorm) for p in m.parameters()}
         decay = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        decay -= {id(self.time_in.weight), id(self.aug_in.weight)}
         groups = {}
         for p in self.parameters():
             key = (id(p) in mapping, id(p) in decay)
