@@ -11,7 +11,6 @@ configfile: os.path.join(workflow.basedir, "workflows", "config", "default.yaml"
 
 
 include: "workflows/rules/common.smk"
-include: "workflows/rules/data.smk"
 include: "workflows/rules/train.smk"
 include: "workflows/rules/sample.smk"
 include: "workflows/rules/evaluate.smk"

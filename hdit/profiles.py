@@ -37,6 +37,7 @@ class Profile:
     ddpm_sample_steps: int | None = None  # R1's respaced DDPM steps
     # --- evaluation ---
     fid_samples: int = 50_000
+    reference_n: int | None = None  # FID reference images: None = the whole training split (ADM protocol)
     fid_samples_ffhq_small: int = 5_000  # Table 3's second HDiT row
     fid_mode: str = "legacy_tensorflow"  # closest to the ADM evaluator the paper used (docs/EVALUATION.md)
     cfg_scales: tuple[float, ...] = (1.0, 1.3, 1.5, 2.0, 2.5, 3.0)  # Figure 9
@@ -99,7 +100,17 @@ PROFILES: dict[str, Profile] = {
         resolution=32, patch_size=2, keep_inner_levels=2, width_divisor=6, head_dim=32, depth_divisor=4, min_depth=2,
         mapping_width=128, dataset="shapes", num_classes=10, steps=200, batch_size=32, lr=1e-3,
         ema_warmup_gamma=1.0, sample_steps=25, ddpm_sample_steps=25, fid_samples=200,
-        fid_samples_ffhq_small=100, cfg_scales=(1.0, 1.5, 2.0, 3.0),
+        fid_samples_ffhq_small=100, cfg_scales=(1.0, 1.5, 2.0, 3.0), reference_n=200,
+    ),
+    # The paper DAG with only the counts shrunk, for a CPU: every Table 6 architecture at full size on its own
+    # data pipeline (ImageNet class folders at 128/256 px, FFHQ at 1024 px with augmentation), the paper's
+    # samplers, reference statistics and FID protocol. Proves that the paper profile's code paths run end
+    # to end before a lab spends GPU-months on them (tests/test_paper_smoke.py; `hdit data synth`).
+    "paper-smoke": Profile(
+        "paper-smoke",
+        "Paper architectures and data pipelines at full size; 2 steps at batch 1, 2 sampler steps, FID on 3 samples.",
+        steps=2, batch_size=1, sample_steps=2, ddpm_sample_steps=2, fid_samples=3, fid_samples_ffhq_small=2,
+        cfg_scales=(1.0, 1.5),
     ),
 }
 

@@ -71,6 +71,37 @@ def test_auto_backend_on_cpu_is_masked_and_trains():
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (q, k, v))
 
 
+@pytest.mark.parametrize("h,w,kernel", [(16, 16, 7), (32, 48, 7), (24, 16, 3), (22, 22, 7)])
+def test_neighborhood_tiled_equals_naive_loop_and_its_gradients(h, w, kernel):
+    """The tiled CPU kernel (query tiles attend their key halo) is exact NATTEN attention, borders included,
+    in values and gradients; grids it cannot tile fall back to the masked kernel."""
+    q, k, v = (t.requires_grad_() for t in qkv(b=2, h=h, w=w, heads=2, d=8))
+    out = A.neighborhood_attention(q, k, v, kernel, backend="tiled")
+    torch.testing.assert_close(out, naive_neighborhood(q, k, v, kernel), atol=1e-5, rtol=1e-5)
+    def grads(backend):  # in float64, so the comparison is not limited by float32 round-off
+        x = [t.detach().double().requires_grad_() for t in (q, k, v)]
+        return torch.autograd.grad(A.neighborhood_attention(*x, kernel, backend=backend).square().sum(), x)
+
+    for a, b in zip(grads("tiled"), grads("masked")):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_tiled_mask_sees_exactly_k2_keys_per_query():
+    mask = A.tiled_mask(32, 48, 16, 7, torch.device("cpu"))
+    assert mask.shape == (2 * 3, 1, 16 * 16, 22 * 22)
+    assert (mask.sum(-1) == 49).all()
+    assert A.tile_size(32, 48, 7) == 16 and A.tile_size(16, 16, 7) == 8 and A.tile_size(9, 10, 7) is None
+
+
+def test_auto_on_cpu_switches_to_tiled_above_32x32_tokens(monkeypatch):
+    calls = []
+    monkeypatch.setitem(A._NA_KERNELS, "tiled", lambda *a: calls.append("tiled") or a[0])
+    monkeypatch.setitem(A._NA_KERNELS, "masked", lambda *a: calls.append("masked") or a[0])
+    for h in (32, 40):
+        A.neighborhood_attention(*qkv(h=h, w=h), 7)
+    assert calls == ["masked", "tiled"]
+
+
 def test_bad_arguments_are_named():
     q, k, v = qkv(h=6, w=6)
     with pytest.raises(ValueError, match="'nope'"):

@@ -1,4 +1,5 @@
 """Embedded shapes dataset, image folders (ADM centre crop, errors), batch stream, `hdit data export`."""
+import json
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ from hdit.configs import DataConfig
 from hdit.data import BatchStream, DataError, build_dataset
 from hdit.data import shapes
 from hdit.data.folders import center_crop_arr, ffhq, imagenet, load_image
+from hdit.data.subset import select_subset, selection_digest
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -171,8 +173,21 @@ def test_data_export_cli(tmp_path, capsys):
     assert files == ["meta.json", "shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
     images = np.concatenate([np.load(out / f"shard-{k:05d}.npz")["images"] for k in range(3)])
     labels = np.concatenate([np.load(out / f"shard-{k:05d}.npz")["labels"] for k in range(3)])
-    ref, ref_labels = shapes.render(range(25), 16)
+    meta = json.loads((out / "meta.json").read_text())
+    # a seeded class-stratified subset of the million training scenes, not the first 25 indices
+    indices, _ = select_subset(shapes.ShapesDataset(16).labels(), 1_000_000, 25, 0)
+    assert meta["selection"]["indices_sha256"] == selection_digest(indices) and indices.max() > 1000
+    ref, ref_labels = shapes.render(indices, 16)
     assert np.array_equal(images, ref) and np.array_equal(labels, ref_labels) and labels.dtype == np.int64
+    assert sorted(np.bincount(labels, minlength=10)) == [2] * 5 + [3] * 5  # 25 images over 10 classes
+    # the same settings again: nothing to do; other settings into the same folder: refused, nothing mixed
+    assert cli(["data", "export", "--dataset", "shapes", "--resolution", "16", "--n", "25", "--shard-size", "10",
+                "--out", str(out)]) == 0
+    assert cli(["data", "export", "--dataset", "shapes", "--resolution", "16", "--n", "30", "--shard-size", "10",
+                "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "n: 25 -> 30" in err
+    assert len(list(out.glob("shard-*.npz"))) == 3
     assert cli(["data", "export", "--dataset", "imagenet", "--resolution", "16", "--n", "5", "--out",
                 str(tmp_path / "x")]) == 2
     assert "--data" in capsys.readouterr().err

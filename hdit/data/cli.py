@@ -1,14 +1,20 @@
-"""`hdit data export`: write dataset images as .npz shards in the sample format (FID reference sets).
+"""`hdit data export`: write dataset images as .npz shards in the sample format (a reference image set).
 
-    hdit data export --dataset shapes --resolution 32 --n 500 --split train --out DIR
+    hdit data export --dataset imagenet --data /data/imagenet/train --resolution 128 --n 10000 --out DIR
 
-Shards are `shard-%05d.npz` (uint8 NHWC `images`, int64 `labels`) plus `meta.json`, written
-atomically; rerunning skips shards that already exist. Images are the first N of the split in index
-order (shapes: indices 0..N-1; folders: sorted file order).
+The images are the whole split or, with --n, a seeded class-stratified random subset
+(`hdit.data.subset`): never the first N files of a sorted listing, which on ImageNet would be a few dozen
+classes. FID statistics need no export (`hdit refstats` streams the training split itself); this command
+is for looking at, sharing or re-scoring a fixed reference set.
+
+Shards are `shard-%05d.npz` (uint8 NHWC `images`, int64 `labels`) plus `meta.json` (settings, selection
+record), written atomically. A rerun with the same settings completes the missing shards; a rerun with
+other settings into the same folder is refused (never a mix of two exports).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -19,41 +25,62 @@ from hdit import io
 from hdit.configs import DataConfig
 from hdit.provenance import provenance
 
+SETTINGS = ("dataset", "resolution", "split", "n", "seed", "data", "shard_size", "selection")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = sub.add_parser("export", help="export N images of a dataset as npz shards")
+    p = sub.add_parser("export", help="export a dataset split (or a stratified subset) as npz shards")
     p.add_argument("--dataset", required=True, help="shapes | imagenet | ffhq")
     p.add_argument("--resolution", type=int, required=True)
-    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--n", type=int, default=None, help="images (default: the whole split)")
     p.add_argument("--split", default="train")
     p.add_argument("--data", default=None, help="dataset folder (imagenet/ffhq)")
-    p.add_argument("--seed", type=int, default=0, help="shapes generator seed (default 0 = the training data)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset selection")
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--out", required=True)
 
 
-def export(dataset_name: str, resolution: int, n: int, out, split: str = "train", data_path=None, seed: int = 0,
-           shard_size: int = 1000, progress: bool = True) -> Path:
-    from hdit.data import build_dataset
+def _check_previous(out: Path, meta: dict) -> None:
+    """An existing export in `out` must have been made with the same settings."""
+    path = out / "meta.json"
+    if not path.exists():
+        if any(out.glob("shard-*.npz")):
+            raise ValueError(f"{out} holds shards but no meta.json (an export of unknown settings); "
+                             "remove the folder or use another --out")
+        return
+    old = json.loads(path.read_text())
+    diff = [k for k in SETTINGS if old.get(k) != meta[k]]
+    if diff:
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {meta[k]!r}" for k in diff)
+        raise ValueError(f"{out} holds an export made with other settings ({changes}); remove the folder or use "
+                         "another --out")
 
-    if n < 1 or shard_size < 1:
+
+def export(dataset_name: str, resolution: int, n: int | None, out, split: str = "train", data_path=None,
+           seed: int = 0, shard_size: int = 1000, progress: bool = True) -> Path:
+    from hdit.data import build_dataset
+    from hdit.data.subset import select_subset, selection_digest
+
+    if (n is not None and n < 1) or shard_size < 1:
         raise ValueError(f"--n {n} / --shard-size {shard_size}; expected positive integers")
-    ds = build_dataset(DataConfig(dataset_name, resolution), data_path, split=split, seed=seed)
-    if n > len(ds):
-        raise ValueError(f"--n {n} exceeds the {len(ds)} images of {dataset_name} ({split})")
+    ds = build_dataset(DataConfig(dataset_name, resolution), data_path, split=split)
+    indices, selection = select_subset(ds.labels(), len(ds), n, seed)
+    selection["indices_sha256"] = selection_digest(indices)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"kind": "dataset", "dataset": dataset_name, "resolution": resolution, "split": split, "n": n,
             "seed": seed, "data": str(data_path) if data_path else None, "shard_size": shard_size,
-            "num_classes": ds.num_classes, "provenance": provenance()}
-    io.write_json(out / "meta.json", meta)
-    starts = range(0, n, shard_size)
+            "selection": selection, "num_classes": ds.num_classes}
+    if out.exists():
+        _check_previous(out, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_json(out / "meta.json", {**meta, "provenance": provenance()})
+    starts = range(0, len(indices), shard_size)
     for k, start in enumerate(tqdm(starts, desc=f"export {dataset_name}", disable=not progress)):
         path = out / f"shard-{k:05d}.npz"
         if path.exists():
             continue
-        images, labels = ds.get_uint8(np.arange(start, min(n, start + shard_size)))
+        images, labels = ds.get_uint8(indices[start:start + shard_size])
         io.save_npz(path, images=images, labels=labels.astype(np.int64))
     return out
 

@@ -7,6 +7,7 @@ by the training batch stream (`hdit.data.BatchStream`), not here.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -93,6 +94,21 @@ class ImageFolderDataset(UInt8Dataset):
         """uint8 images [N, H, W, 3] and int64 labels [N]."""
         images = np.stack([load_image(self.files[i][0], self.resolution) for i in indices])
         return images, np.array([self.files[i][1] for i in indices], dtype=np.int64)
+
+    def labels(self) -> np.ndarray | None:
+        """Class of every image (None for an unconditional folder such as FFHQ)."""
+        return np.array([k for _, k in self.files], dtype=np.int64) if self.classes else None
+
+    def identity(self) -> dict:
+        """The folder's content as far as it can be known without decoding: sha256 over every image's relative
+        path and byte size, in dataset order (a copied dataset keeps it; an edited file changes its size or,
+        rarely not, which the content hash recorded while streaming would still reveal)."""
+        h = hashlib.sha256()
+        for path, label in self.files:
+            h.update(f"{path.relative_to(self.root)}\0{path.stat().st_size}\0{label}\n".encode())
+        return {"dataset": "folder", "class_folders": bool(self.classes), "classes": len(self.classes),
+                "images": len(self.files), "manifest_sha256": h.hexdigest(), "resolution": self.resolution,
+                "preprocessing": "ADM center crop (BOX halvings, BICUBIC, centre crop)"}
 
 
 

@@ -19,6 +19,7 @@ Vectorised numpy: the whole batch is rendered at once (about 3,000 32 px images/
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -30,23 +31,36 @@ COLOURS = ((0.95, 0.55, 0.10), (0.15, 0.45, 0.95))
 NUM_CLASSES = len(SHAPES) * len(COLOURS)
 SPLITS = ("train", "test")
 SPLIT_SIZES = {"train": 1_000_000, "test": 50_000}
+RENDERER_VERSION = 1  # bump when `render` changes what an index draws (reference statistics are keyed by it)
 
 
 def class_name(label: int) -> str:
     return f"{('orange', 'blue')[label // len(SHAPES)]} {SHAPES[label % len(SHAPES)]}"
 
 
-def scene_params(indices, seed: int = 0, split: str = "train") -> dict[str, np.ndarray]:
-    """The per-sample scene parameters, drawn from blake2b(seed, split, index)."""
+def _words(indices, seed: int, split: str, count: int = 16) -> np.ndarray:
+    """The first `count` uint32 words of blake2b-512(f"hdit-shapes/{seed}/{split}/{index}") per index."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; expected one of {SPLITS}")
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    words = np.empty((len(indices), 16), dtype=np.uint32)
-    for row, i in enumerate(indices):
-        digest = hashlib.blake2b(f"hdit-shapes/{seed}/{split}/{i}".encode(), digest_size=64).digest()
-        words[row] = np.frombuffer(digest, dtype="<u4")
-    u = words.astype(np.float64) / 2.0 ** 32
-    label = np.minimum((u[:, 0] * NUM_CLASSES).astype(np.int64), NUM_CLASSES - 1)
+    prefix, nbytes = f"hdit-shapes/{seed}/{split}/", 4 * count
+    raw = b"".join(hashlib.blake2b(f"{prefix}{i}".encode(), digest_size=64).digest()[:nbytes] for i in indices.tolist())
+    return np.frombuffer(raw, dtype="<u4").reshape(len(indices), count).astype(np.uint32)
+
+
+def _label(u0: np.ndarray) -> np.ndarray:
+    return np.minimum((u0 * NUM_CLASSES).astype(np.int64), NUM_CLASSES - 1)
+
+
+def scene_labels(indices, seed: int = 0, split: str = "train") -> np.ndarray:
+    """Just the class of each scene (the first hash word), without rendering."""
+    return _label(_words(indices, seed, split, count=1)[:, 0].astype(np.float64) / 2.0 ** 32)
+
+
+def scene_params(indices, seed: int = 0, split: str = "train") -> dict[str, np.ndarray]:
+    """The per-sample scene parameters, drawn from blake2b(seed, split, index)."""
+    u = _words(indices, seed, split).astype(np.float64) / 2.0 ** 32
+    label = _label(u[:, 0])
     colour = np.asarray(COLOURS)[label // len(SHAPES)] + (u[:, 7:10] - 0.5) * 0.16
     return {
         "label": label,
@@ -133,6 +147,13 @@ def render(indices, resolution: int = 32, seed: int = 0, split: str = "train") -
     return np.round(img * 255).astype(np.uint8), p["label"]
 
 
+@functools.lru_cache(maxsize=4)
+def _split_labels(seed: int, split: str, size: int) -> np.ndarray:
+    labels = scene_labels(np.arange(size), seed, split)
+    labels.flags.writeable = False  # shared by every caller
+    return labels
+
+
 class ShapesDataset(UInt8Dataset):
     """Map-style dataset: item i -> (float32 CHW tensor in [-1, 1], label). `get_batch` renders at once."""
 
@@ -151,3 +172,12 @@ class ShapesDataset(UInt8Dataset):
         if len(indices) and (indices.min() < 0 or indices.max() >= self.size):
             raise IndexError(f"shapes index out of range [0, {self.size})")
         return render(indices, self.resolution, self.seed, self.split)
+
+    def labels(self) -> np.ndarray:
+        """The class of every image of the split (hashing only, once per process)."""
+        return _split_labels(self.seed, self.split, self.size)
+
+    def identity(self) -> dict:
+        """What the images are a pure function of (a procedural dataset has no files to hash)."""
+        return {"dataset": "shapes", "seed": self.seed, "split": self.split, "size": self.size,
+                "resolution": self.resolution, "renderer": RENDERER_VERSION}

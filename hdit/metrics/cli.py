@@ -25,7 +25,8 @@ def _positive(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=Path, required=True, help="sample directory (shard-*.npz) or image folder")
-    p.add_argument("--ref", type=Path, help="reference set (.npz shards or image folder) for FID/KID")
+    p.add_argument("--ref", type=Path, help="reference: a statistics file from `hdit refstats` (a training split, "
+                   "ADM protocol) or a directory of reference images (.npz shards or image files) for FID/KID")
     p.add_argument("--n", type=_positive, help="expected number of samples (label FID-<n>); must match the directory")
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
                    help=f"clean-fid resize mode (default {DEFAULT_MODE}, as the ADM evaluator)")

@@ -11,6 +11,7 @@ import torch
 from hdit.metrics.features import default_device, iter_features, open_images
 from hdit.metrics.images import MetricsError
 from hdit.metrics.inception import FEATURE_DIM, ExtractorError, InceptionNet, load_inception
+from hdit.metrics.reference import load_stats
 from hdit.metrics.refstats import DEFAULT_CACHE_DIR, reference_stats
 from hdit.metrics.scores import Moments, fid_label, frechet_distance, inception_score as is_score
 from hdit.metrics.scores import kernel_inception_distance
@@ -24,6 +25,21 @@ DEFAULT_MODE = "legacy_tensorflow"
 def _samples_meta(samples_dir: Path) -> dict | None:
     meta = samples_dir / "meta.json"
     return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def _reference(ref, net, mode, cache_dir, device, batch_size, workers, seed, verbose) -> dict:
+    """Reference statistics from a statistics file (`hdit refstats`: a training split, ADM-style) or from a
+    directory of reference images (computed once and cached)."""
+    if not Path(ref).is_file():
+        return reference_stats(ref, net, mode, cache_dir, device, batch_size, workers, seed=seed, verbose=verbose)
+    stats = load_stats(ref)
+    meta = stats["meta"]
+    for what, theirs, ours in (("mode", meta["mode"], mode), ("Inception sha256", meta["extractor_sha256"], net.sha256)):
+        if theirs != ours:
+            raise MetricsError(f"{ref}: reference statistics computed with {what} {theirs!r}; this FID uses {ours!r} "
+                               "(recompute them with `hdit refstats` under the same settings)")
+    return {**stats, "key": meta["key"], "path": str(ref), "resolution": meta["resolution"], "cached": True,
+            "content_sha256": meta["content_sha256"], "selection": meta["selection"]}
 
 
 def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str = DEFAULT_MODE,
@@ -60,7 +76,7 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
               "resolution": list(images.shape[:2])}
     ref = None
     if ref_dir is not None:
-        ref = reference_stats(ref_dir, net, mode, cache_dir, device, batch_size, workers, seed=seed, verbose=verbose)
+        ref = _reference(ref_dir, net, mode, cache_dir, device, batch_size, workers, seed, verbose)
         if ref["resolution"] != result["resolution"]:
             raise MetricsError(f"samples are {result['resolution']} px but the reference set {ref_dir} is "
                                f"{ref['resolution']} px; expected the same resolution")
@@ -78,7 +94,8 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
         result["kid"] = kernel_inception_distance(feats, ref["kid_feats"], kid_subsets, kid_subset_size, seed)
         result.update(kid_subsets=kid_subsets, kid_subset_size=min(count, len(ref["kid_feats"]), kid_subset_size),
                       ref_dir=str(ref_dir), ref_n=ref["n"], ref_stats_key=ref["key"], ref_stats_path=ref["path"],
-                      ref_stats_cached=ref["cached"], ref_content_sha256=ref["content_sha256"])
+                      ref_stats_cached=ref["cached"], ref_content_sha256=ref["content_sha256"],
+                      ref_selection=ref.get("selection"))
     if inception_score:
         probs = torch.softmax(net.logits(torch.from_numpy(feats)), dim=1).numpy()
         result["is_mean"], result["is_std"] = is_score(probs, is_splits)

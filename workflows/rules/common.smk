@@ -1,8 +1,11 @@
 # Shared wiring: config validation, the profile, the file layout of every stage and the input functions.
 # Counts (steps, batch, FID samples, CFG scales) come from hdit.profiles; which rows share a training
 # run comes from hdit.report.runs (resolved configs compared). Nothing here is a hard-coded number.
+import copy
+import functools
 import glob
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -15,7 +18,17 @@ from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, Config
 from hdit.profiles import get_profile, resolve
 from hdit.report.runs import training_run
 
-validate(config, "../schemas/config.schema.yaml")
+# A config given with --configfile is complete on its own: keys it lacks are errors, never silently the CPU
+# defaults of workflows/config/default.yaml (which the Snakefile loads first, for runs without --configfile).
+if workflow.overwrite_configfiles:
+    config.clear()
+    config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as e:
+    origin = ", ".join(map(str, workflow.overwrite_configfiles)) or "workflows/config/default.yaml"
+    raise WorkflowError(f"workflow config ({origin}) is invalid or incomplete: {e}\nEvery key of "
+                        "workflows/schemas/config.schema.yaml must be set (see workflows/config/paper.yaml).") from None
 try:
     PROFILE = get_profile(config["profile"])
 except ConfigError as e:
@@ -31,7 +44,10 @@ if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
     shell.prefix('set -euo pipefail; hdit() {{ python -m hdit.cli "$@"; }}; ')  # braces doubled: Snakemake formats it
 
 P = PROFILE.name
-RES = config["results"]
+RES = config["results"].rstrip("/")
+if not RES:
+    raise WorkflowError(f"config 'results' is {config['results']!r}: outputs would go to the filesystem root; "
+                        "expected a results folder such as 'results'")
 SEED = config["seed"]
 NO_CFG = 1.0  # paper convention: w = 1 means no guidance (Tables 1-5)
 FFHQ, IMAGENET256 = "ffhq-1024", "imagenet-256"  # the Table 3 / Table 4 (and Figure 9) configs
@@ -41,7 +57,8 @@ RUN_DIR = f"{RES}/runs/{P}/{{run}}"
 SAMPLE_DIR = f"{RES}/samples/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-n{{n}}-steps{{steps}}"
 METRICS = f"{RES}/metrics/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-fid{{n}}{{inception}}.json"
 RAW_METRICS = f"{RES}/metrics/{P}/{{run}}/raw/seed{{seed}}-cfg{{cfg}}-fid{{n}}{{inception}}.json"
-REF_DIR = f"{RES}/refs/{P}/{{dataset}}-{{resolution}}"
+REF_STATS = f"{RES}/refs/{P}/{{dataset}}-{{resolution}}.fid-stats.npz"
+STATS_CACHE = f"{RES}/cache/fid-stats"
 FLOPS = f"{RES}/flops/{{name}}.json"
 TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
@@ -99,6 +116,40 @@ def dataset_setting(name, key):
     return entry.get(key)
 
 
+LAYOUTS = {"imagenet": "an ImageNet train folder with one sub-folder per class", "ffhq": "a folder of images"}
+
+
+@functools.lru_cache(maxsize=None)
+def checked_dataset_path(name):
+    """The dataset folder of `name`, checked while the DAG is built (not hours later when a job starts)."""
+    path, key = dataset_setting(name, "path"), f"datasets.{name}.path"
+    if name == "shapes":
+        if path is not None:
+            raise WorkflowError(f"config '{key}' is {path!r}; the embedded 'shapes' data is generated, expected null")
+        return None
+    if not path:
+        raise WorkflowError(f"config '{key}' is not set; profile {P!r} reads {name} from disk: set it to "
+                            f"{LAYOUTS[name]}")
+    if not os.path.isdir(path):
+        raise WorkflowError(f"config '{key}' = {path!r} does not exist or is not a directory; expected {LAYOUTS[name]}")
+    with os.scandir(path) as it:
+        entries = list(itertools.islice(it, 1000))
+    ok = any(e.is_dir() for e in entries) if name == "imagenet" else bool(entries)
+    if not ok:
+        raise WorkflowError(f"config '{key}' = {path!r} is empty or has no class sub-folders; expected "
+                            f"{LAYOUTS[name]}")
+    return path
+
+
+def dataset_check(name_of):
+    """An input function that checks the dataset folder of a job at DAG-build time and declares no file
+    (a dataset folder as an input would rerun training whenever its mtime changed)."""
+    def check(wildcards):
+        checked_dataset_path(name_of(wildcards))
+        return []
+    return check
+
+
 def metrics_file(config_id, n=None, cfg=NO_CFG, inception=False):
     """The annotated metrics JSON of a paper row (through the training run it shares)."""
     return METRICS.format(run=training_run(config_id, P), seed=SEED, cfg=float(cfg),
@@ -123,22 +174,20 @@ def figure_files(name):
 
 
 # ------------------------------------------------------------------ input functions and params
-def export_source(wildcards):
-    path = dataset_setting(wildcards.dataset, "path")
-    return f"--data {path}" if path else ""
+def reference_source(wildcards):
+    """`--data PATH [--n N]`: the training split (ADM: all of it) or the configured / profile's subset size."""
+    path = checked_dataset_path(wildcards.dataset)
+    n = dataset_setting(wildcards.dataset, "reference_n") or PROFILE.reference_n
+    return " ".join(([f"--data {path}"] if path else []) + ([f"--n {n}"] if n else []))
 
 
-def reference_n(wildcards):
-    return dataset_setting(wildcards.dataset, "reference_n") or PROFILE.fid_samples
-
-
-def reference_dir(wildcards):
+def reference_stats_of(wildcards):
     d = resolved(wildcards.run).data
-    return REF_DIR.format(dataset=d.name, resolution=d.resolution)
+    return REF_STATS.format(dataset=d.name, resolution=d.resolution)
 
 
 def data_path(wildcards):
-    path = dataset_setting(resolved(wildcards.run).data.name, "path")
+    path = checked_dataset_path(resolved(wildcards.run).data.name)
     return f"--data {path}" if path else ""
 
 

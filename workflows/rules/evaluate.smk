@@ -1,16 +1,19 @@
-# Scoring: the reference set's statistics are computed once (cached under results/cache), then `hdit fid`
-# scores each sample set against the reference set of the run's (dataset, resolution), then the metrics
-# JSON gets its provenance (run, sampler, profile, versions, resolved config) from `hdit report metrics`.
+# Scoring. The reference statistics of a (dataset, resolution) are computed once from the training split
+# itself, as the ADM evaluation suite (`hdit refstats`: whole split, or a seeded class-stratified subset of
+# reference_n images; streamed, resumable, cached by content under results/cache), then `hdit fid` scores
+# each sample set against them, then the metrics JSON gets its provenance from `hdit report metrics`.
 
 
 rule reference_stats:
     input:
-        REF_DIR,
+        dataset=dataset_check(lambda wc: wc.dataset),
     output:
-        f"{REF_DIR}.fid-stats.json",
+        REF_STATS,
     params:
+        source=reference_source,
         mode=PROFILE.fid_mode,
         device=config["device"],
+        cache=STATS_CACHE,
     threads: config["threads"]["fid"]
     resources:
         **rule_resources("fid"),
@@ -21,15 +24,15 @@ rule reference_stats:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} hdit report refstats --ref {input} --mode {params.mode} --device {params.device} "
-        "--out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} hdit refstats --dataset {wildcards.dataset} {params.source} "
+        "--resolution {wildcards.resolution} --mode {params.mode} --device {params.device} "
+        "--cache-dir {params.cache} --out {output} > {log} 2>&1"
 
 
 rule fid:
     input:
         samples=sample_meta,
-        ref=reference_dir,
-        stats=lambda wc: reference_dir(wc) + ".fid-stats.json",
+        stats=reference_stats_of,
     output:
         RAW_METRICS,
     params:
@@ -47,7 +50,7 @@ rule fid:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} hdit fid --samples {params.samples} --ref {input.ref} --n {wildcards.n} "
+        "OMP_NUM_THREADS={threads} hdit fid --samples {params.samples} --ref {input.stats} --n {wildcards.n} "
         "{params.inception} --mode {params.mode} --device {params.device} --format json --out {output} > {log} 2>&1"
 
 

@@ -3,6 +3,8 @@
 
 
 rule train:
+    input:
+        dataset=dataset_check(lambda wc: resolved(wc.run).data.name),
     output:
         f"{RUN_DIR}/done.json",
     params:
