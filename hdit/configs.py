@@ -128,7 +128,6 @@ class TrainConfig:
     sigma_data: float = 0.5
     sigma_min: float = 1e-3
     sigma_max: float = 1e3
-    sigma_density: str = "cosine-interpolated"
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8

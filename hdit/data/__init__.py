@@ -31,7 +31,7 @@ def build_dataset(data_cfg, path=None, split: str = "train", seed: int = 0):
 
 
 class _Fetch(torch.utils.data.Dataset):
-    """Worker-side fetch of one batch of (indices, flips) (used with DataLoader workers)."""
+    """Worker-side fetch of one batch of indices (used with DataLoader workers)."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -39,17 +39,8 @@ class _Fetch(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.dataset)
 
-    def __getitem__(self, key):
-        indices, flips = key
-        x, y = self.dataset.get_batch(indices)
-        return _flip(x, flips), y
-
-
-def _flip(x: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
-    if flips is not None and flips.any():
-        m = torch.from_numpy(flips)
-        x[m] = x[m].flip(-1)
-    return x
+    def __getitem__(self, indices):
+        return self.dataset.get_batch(indices)
 
 
 class BatchStream:
@@ -58,37 +49,33 @@ class BatchStream:
     The global sample stream is a sequence of epochs, each a permutation of the dataset drawn from
     numpy's PCG64 seeded with (seed, epoch). Step k of rank r takes global positions
     k * B * world + r * B ... + B - 1 (B = per-rank batch), so a batch is a pure function of (seed, step,
-    rank): resuming at a step reproduces the uninterrupted stream exactly. Horizontal flips (probability
-    `hflip`, 0 by default) are drawn per position from the same seeded stream.
+    rank): resuming at a step reproduces the uninterrupted stream exactly.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_step: int = 0, hflip: float = 0.0, num_workers: int = 0):
+                 start_step: int = 0, num_workers: int = 0):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size, self.step = rank, world_size, start_step
-        self.hflip, self.num_workers = hflip, num_workers
-        self._epoch, self._perm, self._flips = None, None, None
+        self.num_workers = num_workers
+        self._epoch, self._perm = None, None
         self._iter = None
 
-    def _epoch_tables(self, epoch: int):
+    def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perm = rng.permutation(len(self.dataset))
-            self._flips = rng.random(len(self.dataset)) < self.hflip
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
             self._epoch = epoch
-        return self._perm, self._flips
+        return self._perm
 
-    def keys(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(dataset indices, flip flags) of this rank's batch at `step`."""
+    def keys(self, step: int) -> np.ndarray:
+        """The dataset indices of this rank's batch at `step`."""
         n = len(self.dataset)
         start = (step * self.world_size + self.rank) * self.batch_size
         pos = np.arange(start, start + self.batch_size)
-        indices, flips = np.empty(len(pos), np.int64), np.empty(len(pos), bool)
+        indices = np.empty(len(pos), np.int64)
         for epoch in np.unique(pos // n):
             m = pos // n == epoch
-            perm, fl = self._epoch_tables(int(epoch))
-            indices[m], flips[m] = perm[pos[m] % n], fl[pos[m] % n]
-        return indices, flips
+            indices[m] = self._permutation(int(epoch))[pos[m] % n]
+        return indices
 
     def _key_iter(self, start: int):
         step = start
@@ -101,9 +88,7 @@ class BatchStream:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.num_workers == 0:
-            indices, flips = self.keys(self.step)
-            x, y = self.dataset.get_batch(indices)
-            batch = _flip(x, flips), y
+            batch = self.dataset.get_batch(self.keys(self.step))
         else:
             if self._iter is None:
                 loader = torch.utils.data.DataLoader(_Fetch(self.dataset), sampler=self._key_iter(self.step),

@@ -27,6 +27,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 NA_BACKENDS = ("auto", "masked", "tiled", "natten", "flex")
 MASKED_MAX_TOKENS = 1024  # "auto" on CPU: the O(N^2) masked kernel up to 32x32 tokens, tiled above
@@ -103,8 +104,7 @@ def _gather_halos(x, tile: int, kernel_size: int):
     rows = (_halo_starts(h, tile, kernel_size, x.device)[:, None] + torch.arange(halo, device=x.device)).flatten()
     cols = (_halo_starts(w, tile, kernel_size, x.device)[:, None] + torch.arange(halo, device=x.device)).flatten()
     x = x[:, rows][:, :, cols]  # [B, th * halo, tw * halo, heads, d]
-    x = x.reshape(b, h // tile, halo, w // tile, halo, n, d).permute(0, 1, 3, 5, 2, 4, 6)
-    return x.reshape(-1, n, halo * halo, d)
+    return rearrange(x, "b (th i) (tw j) n d -> (b th tw) n (i j) d", i=halo, j=halo)
 
 
 def tile_size(h: int, w: int, kernel_size: int, tiles=(16, 8)) -> int | None:
@@ -123,11 +123,10 @@ def _na_tiled(q, k, v, kernel_size):
     if tile is None:
         return _na_masked(q, k, v, kernel_size)
     mask = tiled_mask(h, w, tile, kernel_size, q.device)
-    qt = q.reshape(b, h // tile, tile, w // tile, tile, n, d).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, n, tile ** 2, d)
+    qt = rearrange(q, "b (th i) (tw j) n d -> (b th tw) n (i j) d", i=tile, j=tile)
     kt, vt = _gather_halos(k, tile, kernel_size), _gather_halos(v, tile, kernel_size)
     out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask.repeat(b, 1, 1, 1), scale=1.0)
-    out = out.reshape(b, h // tile, w // tile, n, tile, tile, d).permute(0, 1, 4, 2, 5, 3, 6)
-    return out.reshape(b, h, w, n, d)
+    return rearrange(out, "(b th tw) n (i j) d -> b (th i) (tw j) n d", b=b, th=h // tile, i=tile, j=tile)
 
 
 def _na_natten(q, k, v, kernel_size):
@@ -214,15 +213,11 @@ def swin_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> 
 
 
 def _windows(x, window):  # [B, H, W, heads, d] -> [B, nW, heads, window^2, d]
-    b, h, w, n, d = x.shape
-    x = x.reshape(b, h // window, window, w // window, window, n, d).permute(0, 1, 3, 5, 2, 4, 6)
-    return x.reshape(b, (h // window) * (w // window), n, window * window, d)
+    return rearrange(x, "b (hw i) (ww j) n d -> b (hw ww) n (i j) d", i=window, j=window)
 
 
 def _unwindows(x, h, w, window):  # inverse of _windows
-    b, _, n, _, d = x.shape
-    x = x.reshape(b, h // window, w // window, n, window, window, d).permute(0, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, h, w, n, d)
+    return rearrange(x, "b (hw ww) n (i j) d -> b (hw i) (ww j) n d", hw=h // window, i=window, j=window)
 
 
 def shifted_window_attention(q, k, v, window_size: int, shift: int, backend: str = "auto"):

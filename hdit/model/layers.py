@@ -8,6 +8,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -27,16 +28,12 @@ def linear(in_features: int, out_features: int) -> nn.Linear:
 
 def unshuffle(x: torch.Tensor, p: int) -> torch.Tensor:
     """[B, H, W, C] -> [B, H/p, W/p, p*p*C] (channel order: row offset, column offset, C)."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h // p, w // p, p * p * c)
+    return rearrange(x, "b (h i) (w j) c -> b h w (i j c)", i=p, j=p)
 
 
 def shuffle(x: torch.Tensor, p: int) -> torch.Tensor:
     """Inverse of `unshuffle`."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h, w, p, p, c // (p * p)).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h * p, w * p, c // (p * p))
+    return rearrange(x, "b h w (i j c) -> b (h i) (w j) c", i=p, j=p)
 
 
 class TokenMerge(nn.Module):
