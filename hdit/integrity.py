@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 
 from hdit.errors import HarnessError
-from hdit.io import NPZ_CHECKSUM_KEY, arrays_sha256, checksum_path, file_sha256, write_text
+from hdit.io import NPZ_CHECKSUM_KEY, arrays_sha256, checksum_path, file_sha256, recorded_checksums, write_text
 
 RECORD_CHECKSUM_KEY = "record_sha256"
 
@@ -97,18 +97,17 @@ def load_npz(path: str | os.PathLike, keys: tuple[str, ...] = (), fix: str = "de
 # ----------------------------------------------------------------------------- checkpoints
 
 def verify_checksum(path: str | os.PathLike, fix: str) -> bool:
-    """Check `path` against its `NAME.sha256` (if there is one); True if it was checked."""
-    sidecar = checksum_path(path)
-    if not sidecar.is_file():
-        return False
+    """Check `path` against the digests recorded in its `NAME.sha256` (if any); True if it was checked."""
     try:
-        recorded = sidecar.read_text().split()[0]
-    except (OSError, UnicodeDecodeError, IndexError):
-        raise damaged(sidecar, "not a readable checksum file", f"delete it (then {path} is format-checked "
-                                                                "only)") from None
-    if file_sha256(path) != recorded:
-        raise damaged(path, f"its sha256 differs from the one recorded in {sidecar.name} when it was written "
-                            "(truncated, damaged or replaced)", fix)
+        recorded = recorded_checksums(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise damaged(checksum_path(path), f"not a readable checksum file ({e})",
+                      f"delete it (then {path} is format-checked only)") from None
+    if not recorded:
+        return False
+    if file_sha256(path) not in recorded:
+        raise damaged(path, f"its sha256 differs from the one recorded in {checksum_path(path).name} when it was "
+                            "written (truncated, damaged or replaced)", fix)
     return True
 
 

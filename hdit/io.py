@@ -84,18 +84,28 @@ def checksum_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
+def recorded_checksums(path: str | os.PathLike) -> list[str]:
+    """The sha256 digests `checksum_path(path)` records for `path` (empty if it has none)."""
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return []
+    return [line.split()[0] for line in sidecar.read_text().splitlines() if line.strip()]
+
+
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save atomically, then record the file's sha256 in `checksum_path(path)`. The old checksum goes
-    before the new file is renamed into place, so a kill in between leaves no checksum (the file is still
-    format-checked), never a checksum of another file."""
+    """torch.save atomically and record the file's sha256 in `checksum_path(path)`. Until the new file is
+    renamed into place the checksum file lists both the new and the old digest, so a kill at any moment leaves
+    a checkpoint that verifies (the old one or the new one), never one checked against another file's digest."""
     import torch
 
     path = Path(path)
+    line = "{}  " + path.name + "\n"
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
         digest = file_sha256(tmp)
-        checksum_path(path).unlink(missing_ok=True)
-    write_text(checksum_path(path), f"{digest}  {path.name}\n")
+        old = recorded_checksums(path) if path.exists() else []
+        write_text(checksum_path(path), "".join(line.format(d) for d in [digest] + old))
+    write_text(checksum_path(path), line.format(digest))
 
 
 def arrays_sha256(arrays: dict) -> str:

@@ -9,9 +9,9 @@ from PIL import Image
 
 from hdit.cli import main as cli
 from hdit.data.subset import STRATIFIED, WHOLE_SPLIT, select_subset
+from hdit.integrity import DamagedFileError
 from hdit.metrics import compute
 from hdit.metrics import reference as R
-from hdit.integrity import DamagedFileError
 from hdit.metrics.images import MetricsError
 
 CLASSES = 1000
