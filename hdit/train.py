@@ -164,8 +164,9 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log rows past the checkpoint we resume from (they belong to the lost segment)."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(path, newline="") as f:  # a row cut short by a killed append is dropped
+        rows = [r for r in csv.DictReader(f) if None not in r.values() and str(r["step"]).isdigit()
+                and int(r["step"]) <= step]
     with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
         w.writeheader()

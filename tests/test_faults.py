@@ -6,6 +6,7 @@ FID, whose numbers are not the point here.
 """
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -139,6 +140,17 @@ def test_sampler_arguments_are_checked_before_any_model(trained, tmp_path, capsy
     assert not (tmp_path / "o").exists()
 
 
+def test_ddpm_step_count_is_checked_before_any_model(tmp_path, capsys, monkeypatch):
+    import hdit.model
+
+    monkeypatch.setattr(hdit.model, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    r1 = tmp_path / "r1"
+    write_record(r1 / "config.json", {"config": resolve("R1", "default").to_dict(), "profile": "default", "seed": 0})
+    (r1 / "checkpoint.pt").write_bytes(b"never read")
+    assert sample_cli(r1, tmp_path / "o", "--steps", "1500") == 2
+    assert "--steps 1500; R1 samples with DDPM, whose diffusion has 1000 steps" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- interrupted writes
 
 def test_killed_sampling_write_is_never_read_and_is_removed_on_resume(run, tmp_path, capsys):
@@ -164,10 +176,15 @@ def test_killed_checkpoint_write_keeps_the_finished_checkpoint(run):
     assert len(list(run.glob(".checkpoint.pt.*.tmp"))) == 1
     assert (run / "checkpoint.pt").read_bytes() == before
     assert rundir.load_checkpoint(run)["step"] == 2  # still verifies: both digests are recorded meanwhile
+    with open(run / "log.csv", "a") as f:
+        f.write("1")  # and a log row cut short by the kill (a row "12,..." after its first digit)
     with pytest.warns(UserWarning, match="removed 1 temporary file"):
         done = train(tiny_e(), run, steps=3, resume=True, checkpoint_every=3, progress=False, device="cpu")
     assert done["step"] == 3 and not list(run.glob("*.tmp"))
     assert len((run / "checkpoint.pt.sha256").read_text().splitlines()) == 1
+    with open(run / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["2", "3"] and all(None not in r.values() and r["loss"] for r in rows)
 
 
 # ----------------------------------------------------------------------------- one writer per directory

@@ -135,7 +135,9 @@ def content_hash(images: ImageSet, memo_dir: str | Path | None = None) -> str:
     signature = hashlib.sha256(repr((str(images.root.resolve()), stats)).encode()).hexdigest()
     memo = Path(memo_dir) / "content-hash" / f"{signature}.txt" if memo_dir else None
     if memo is not None and memo.is_file():
-        return memo.read_text().strip()
+        recorded = memo.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{64}", recorded):  # else a damaged memo: hash again
+            return recorded
     h = hashlib.sha256()
     for p, (rel, size, _) in zip(images.files, stats):
         h.update(f"{rel}\0{size}\0".encode())
