@@ -1,5 +1,7 @@
 """`hdit` command line: thin wrappers. Each subcommand lives in its own module, which provides
-`add_arguments(parser)` and `main(args) -> int`; the logic stays in the library."""
+`add_arguments(parser)` and `main(args) -> int`; the logic stays in the library. Bad input and damaged,
+occupied or misplaced files (`hdit.errors.HarnessError`) end any subcommand with its message and exit code 2,
+without a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     sys.argv[1:] = argv
     args = build_parser().parse_args(argv)
-    return int(importlib.import_module(args._module).main(args) or 0)
+    from hdit.errors import HarnessError, error_text
+
+    try:
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except HarnessError as e:
+        print(f"hdit {args.command}: error: {error_text(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

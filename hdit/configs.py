@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
+from hdit.errors import HarnessError
+
 ATTENTION_KINDS = ("global", "neighborhood", "shifted_window")
 FF_KINDS = ("geglu", "gelu")
 POS_EMB_KINDS = ("rope", "additive", "sincos")
@@ -20,7 +22,7 @@ WEIGHTINGS = ("snr", "min-snr", "soft-min-snr", "ddpm-hybrid")
 SAMPLERS = ("dpmpp-3m-sde", "ddpm")
 
 
-class ConfigError(ValueError):
+class ConfigError(HarnessError):
     """A config ID, resolution or value that the registry cannot satisfy."""
 
 

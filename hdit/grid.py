@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hdit.integrity import load_npz
 from hdit.io import atomic_path
+from hdit.metrics.images import list_shards, shard_fix
 
 
 def _shards(samples_dir: Path) -> list[Path]:
     if not samples_dir.is_dir():
         raise ValueError(f"{samples_dir}: not a directory; expected a sample directory of shard-*.npz files")
-    shards = sorted(samples_dir.glob("*.npz"))
+    shards = list_shards(samples_dir)
     if not shards:
         raise ValueError(f"{samples_dir}: no .npz shards; expected shard-*.npz with `images` and `labels`")
     return shards
@@ -31,11 +33,9 @@ def pick_samples(samples_dir, columns: int = 8, max_rows: int = 32, classes=None
     flat: list[np.ndarray] = []
     wanted = None if classes is None else {int(c) for c in classes}
     for shard in _shards(Path(samples_dir)):
-        with np.load(shard) as z:
-            if "images" not in z:
-                raise ValueError(f"{shard}: no `images` array; expected uint8 [N, H, W, 3] and `labels`")
-            images = z["images"]
-            labels = z["labels"] if "labels" in z else np.zeros(len(images), np.int64)
+        z = load_npz(shard, ("images",), shard_fix(shard))
+        images = z["images"]
+        labels = z["labels"] if "labels" in z else np.zeros(len(images), np.int64)
         for img, label in zip(images, labels.tolist()):
             if len(flat) < columns * max_rows:
                 flat.append(img)
@@ -78,7 +78,7 @@ def save_grid(samples_dir, path, columns: int = 8, max_rows: int = 32, classes=N
     from PIL import Image
 
     path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(grid_image(rows, scale, pad)).save(tmp, format="PNG")
     return path
 

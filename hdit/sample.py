@@ -12,11 +12,17 @@
 - meta.json (written last: it marks a complete set) records the run, config, profile, n, seed, sampler,
   steps, cfg_scale, batch size and provenance. While shards are being written the same settings sit in
   `.sampling.json`; resuming with different settings is refused.
+- Faults: the request (n, steps, cfg scale, seed, batch size) is checked before any model is built; the run's
+  config.json and checkpoint are verified (`hdit.rundir`) and must describe the same run; one process writes
+  OUT at a time (`hdit.runlock`), removing a killed one's temporaries. Every batch is checked: a non-finite
+  value, or a network output / sample beyond `DIVERGED_LIMIT` (the network's targets, EDM's F and DDPM's eps,
+  have unit variance; the data lie in [-1, 1]), stops the job with an error naming the run, its checkpoint
+  step and the shard, and nothing is written for that shard.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from pathlib import Path
 
@@ -24,27 +30,47 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hdit import io
+from hdit import io, rundir
 from hdit.configs import ConfigError, RunConfig
+from hdit.errors import HarnessError, error_text
+from hdit.integrity import damaged, read_record, write_record
 from hdit.provenance import provenance
+from hdit.runlock import RunLock
+
+DIVERGED_LIMIT = 1e3  # |network output| or |sample| beyond this: diverged weights (see the module docstring)
+DDPM_STEPS = 1000  # R1's diffusion length: at most this many respaced sampling steps
 
 
-class SampleError(ValueError):
+class SampleError(HarnessError):
     """Bad sampling request (missing run, mismatched resume, ...)."""
 
 
-def load_run(run_dir, device="cpu") -> tuple[RunConfig, dict, torch.nn.Module]:
-    """(RunConfig, config.json record, EMA model in eval mode) of a run directory."""
-    from hdit.model import build_model
+class DivergedSamplesError(SampleError):
+    """A batch with non-finite or diverged values: nothing is written for it."""
 
+
+def read_run(run_dir) -> tuple[RunConfig, dict]:
+    """(RunConfig, config.json record) of a trained run directory, checked; builds no model."""
     run_dir = Path(run_dir)
-    cfg_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoint.pt"
-    if not cfg_path.exists() or not ckpt_path.exists():
+    if not (run_dir / rundir.CONFIG).is_file() or not (run_dir / rundir.CHECKPOINT).is_file():
         raise SampleError(f"{str(run_dir)!r} is not a trained run (needs config.json and checkpoint.pt; "
                           "run `hdit train` first)")
-    record = json.loads(cfg_path.read_text())
-    run = RunConfig.from_dict(record["config"])
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    record = rundir.read_config(run_dir)
+    try:
+        return RunConfig.from_dict(record["config"]), record
+    except (KeyError, TypeError, ConfigError) as e:
+        raise damaged(run_dir / rundir.CONFIG, f"its config is not a valid RunConfig ({e})",
+                      rundir.config_fix(run_dir)) from None
+
+
+def load_run(run_dir, device="cpu") -> tuple[RunConfig, dict, torch.nn.Module]:
+    """(RunConfig, config.json record, EMA model in eval mode) of a run directory; the checkpoint is verified
+    and must hold the run config.json describes."""
+    from hdit.model import build_model
+
+    run, record = read_run(run_dir)
+    ckpt = rundir.load_checkpoint(run_dir, mmap=True)
+    rundir.check_checkpoint(ckpt, record["config"], record["profile"], run_dir)
     model = build_model(run.model)
     model.load_state_dict(ckpt["ema"])
     record["checkpoint_step"] = int(ckpt["step"])
@@ -63,7 +89,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def sample_batch(run: RunConfig, model, n: int, steps: int, cfg_scale: float, generator: torch.Generator,
                  device, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """n samples (float [-1, 1]) and their labels; labels first, then all noise, from `generator`."""
+    """n samples (float, nominally [-1, 1], not clamped: `check_batch` looks at the raw values) and their labels;
+    labels first, then all noise, from `generator`."""
     m, t = run.model, run.train
     labels = torch.randint(0, m.num_classes, (n,), generator=generator, device=device) if m.num_classes else None
     shape = (n, m.in_channels, run.data.resolution, run.data.resolution)
@@ -92,46 +119,104 @@ def sample_batch(run: RunConfig, model, n: int, steps: int, cfg_scale: float, ge
             fn = cfg_denoiser(Denoiser.for_run(run, model), labels, m.num_classes, cfg_scale)
             x = sample(fn, shape, steps, t.sigma_min, t.sigma_max, run.sample.rho, run.sample.eta, generator,
                        device, progress)
-    return x.float().clamp(-1, 1), labels
+    return x.float(), labels
+
+
+class OutputPeak:
+    """Largest |output| of `model` over the forward passes since the last `take()` (NaN if any was NaN);
+    accumulated on the device, read once per batch."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.peak = None
+        self.handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output) -> None:
+        m = output.detach().abs().amax().float()
+        self.peak = m if self.peak is None else torch.maximum(self.peak, m)
+
+    def take(self) -> float:
+        value, self.peak = (0.0 if self.peak is None else self.peak.item()), None
+        return value
+
+
+def check_batch(x: torch.Tensor, peak: float, where: str) -> None:
+    """Stop on non-finite or diverged values (module docstring); `where` names run, checkpoint step, shard."""
+    bad = int((~torch.isfinite(x)).sum())
+    fix = ("nothing was written for it. The checkpoint's weights have diverged or are damaged: sample an earlier "
+           "checkpoint, or retrain (check log.csv for the loss)")
+    if bad or not math.isfinite(peak):
+        raise DivergedSamplesError(f"{where}: {bad} of {x.numel()} sample values are non-finite (largest network "
+                                   f"output {peak:.3g}); {fix}")
+    top = float(x.abs().max())
+    if peak > DIVERGED_LIMIT or top > DIVERGED_LIMIT:
+        raise DivergedSamplesError(f"{where}: network output up to {peak:.3g} and samples up to {top:.3g}, beyond "
+                                   f"{DIVERGED_LIMIT:g} (targets have unit variance, data lie in [-1, 1]); {fix}")
+
+
+def check_request(n: int, steps: int | None, cfg_scale: float | None, seed: int, batch_size: int) -> None:
+    """The values a user passes, before anything is read or built."""
+    for name, v in (("n", n), ("batch-size", batch_size)):
+        if not isinstance(v, int) or v < 1:
+            raise SampleError(f"--{name} {v}; expected a positive integer")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise SampleError(f"--steps {steps}; expected >= 1")
+    if cfg_scale is not None and not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise SampleError(f"--cfg-scale {cfg_scale}; expected a finite number >= 0 (1 = no guidance, the paper's "
+                          "Figure 9 uses 1-4)")
+    if not isinstance(seed, int) or seed < 0:
+        raise SampleError(f"--seed {seed}; expected an integer >= 0")
+
+
+def _check_for_run(run: RunConfig, steps: int, cfg_scale: float) -> None:
+    if cfg_scale != 1.0 and run.model.num_classes == 0:
+        raise SampleError(f"--cfg-scale {cfg_scale} needs a class-conditional model; {run.id} is unconditional")
+    if run.sample.sampler == "ddpm" and steps > DDPM_STEPS:
+        raise SampleError(f"--steps {steps}; {run.id} samples with DDPM, whose diffusion has {DDPM_STEPS} steps: "
+                          f"expected 1..{DDPM_STEPS}")
 
 
 def sample_run(run_dir, out, n: int, steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
                batch_size: int = 64, device=None, progress: bool = True) -> dict:
     """Fill `out` with ceil(n / batch_size) shards (skipping existing ones); returns meta.json's record."""
-    if n < 1 or batch_size < 1:
-        raise SampleError(f"--n {n} / --batch-size {batch_size}; expected positive integers")
+    check_request(n, steps, cfg_scale, seed, batch_size)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SampleError("--device cuda was requested but torch sees no CUDA device")
-    run, record, model = load_run(run_dir, device)
+    run, _ = read_run(run_dir)
     steps = run.sample.steps if steps is None else steps
     cfg_scale = run.sample.cfg_scale if cfg_scale is None else cfg_scale
-    if steps < 1:
-        raise SampleError(f"--steps {steps}; expected >= 1")
-    if cfg_scale != 1.0 and run.model.num_classes == 0:
-        raise SampleError(f"--cfg-scale {cfg_scale} needs a class-conditional model; {run.id} is unconditional")
-    sampler = run.sample.sampler
-    meta = {"run": str(Path(run_dir)), "config_id": run.id, "profile": record.get("profile"), "n": n, "seed": seed,
-            "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "batch_size": batch_size,
-            "eta": run.sample.eta if sampler != "ddpm" else None, "rho": run.sample.rho if sampler != "ddpm" else None,
-            "sigma_range": [run.train.sigma_min, run.train.sigma_max] if sampler != "ddpm" else None,
+    _check_for_run(run, steps, cfg_scale)
+    out = Path(out)
+    with RunLock(out, "hdit sample"):
+        io.remove_stale_temporaries(out)
+        run, record, model = load_run(run_dir, device)
+        meta = _meta(run, record, run_dir, n, seed, steps, cfg_scale, batch_size)
+        _check_resume(out, meta)
+        write_record(out / PARTIAL, meta)  # settings of the unfinished set; meta.json comes last
+        num_shards = -(-n // batch_size)
+        todo = [k for k in range(num_shards) if not (out / f"shard-{k:05d}.npz").exists()]
+        peak = OutputPeak(model)
+        for k in tqdm(todo, desc=f"sample {run.id}", unit="shard", disable=not progress):
+            count = min(batch_size, n - k * batch_size)
+            x, labels = sample_batch(run, model, count, steps, cfg_scale, shard_generator(seed, k, device), device)
+            check_batch(x, peak.take(), f"run {run_dir} (checkpoint step {record['checkpoint_step']}), shard {k} "
+                                        f"({out / f'shard-{k:05d}.npz'}, seed {seed}, cfg scale {cfg_scale})")
+            labels = np.full(count, -1, np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
+            io.save_npz(out / f"shard-{k:05d}.npz", images=to_uint8(x), labels=labels)
+        meta.update(num_shards=num_shards, provenance=provenance(device))
+        write_record(out / "meta.json", meta)  # marks a complete set
+        (out / PARTIAL).unlink(missing_ok=True)
+    return meta
+
+
+def _meta(run: RunConfig, record: dict, run_dir, n, seed, steps, cfg_scale, batch_size) -> dict:
+    edm = run.sample.sampler != "ddpm"
+    return {"run": str(Path(run_dir)), "config_id": run.id, "profile": record.get("profile"), "n": n, "seed": seed,
+            "sampler": run.sample.sampler, "steps": steps, "cfg_scale": cfg_scale, "batch_size": batch_size,
+            "eta": run.sample.eta if edm else None, "rho": run.sample.rho if edm else None,
+            "sigma_range": [run.train.sigma_min, run.train.sigma_max] if edm else None,
             "weights": "ema", "checkpoint_step": record["checkpoint_step"], "resolution": run.data.resolution,
             "num_classes": run.model.num_classes, "config": record["config"]}
-    out = Path(out)
-    _check_resume(out, meta)
-    io.write_json(out / PARTIAL, meta)  # settings of the unfinished set; meta.json comes last
-
-    num_shards = -(-n // batch_size)
-    todo = [k for k in range(num_shards) if not (out / f"shard-{k:05d}.npz").exists()]
-    for k in tqdm(todo, desc=f"sample {run.id}", unit="shard", disable=not progress):
-        count = min(batch_size, n - k * batch_size)
-        x, labels = sample_batch(run, model, count, steps, cfg_scale, shard_generator(seed, k, device), device)
-        labels = np.full(count, -1, np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
-        io.save_npz(out / f"shard-{k:05d}.npz", images=to_uint8(x), labels=labels)
-    meta.update(num_shards=num_shards, provenance=provenance(device))
-    io.write_json(out / "meta.json", meta)  # marks a complete set
-    (out / PARTIAL).unlink(missing_ok=True)
-    return meta
 
 
 PARTIAL = ".sampling.json"
@@ -142,7 +227,8 @@ def _check_resume(out: Path, meta: dict) -> None:
     """Existing shards in `out` may only be reused by a job with the same settings."""
     for name in (PARTIAL, "meta.json"):
         if (out / name).exists():
-            old = json.loads((out / name).read_text())
+            old = read_record(out / name, "the settings of the shards beside it cannot be read back: delete it to "
+                                          f"reuse them if they were made with these settings, otherwise delete {out}")
             diff = [k for k in RESUME_KEYS if old.get(k) != meta[k]]
             if diff:
                 raise SampleError(f"{out} holds samples made with different settings "
@@ -172,8 +258,8 @@ def main(args) -> int:
     try:
         meta = sample_run(args.run, args.out, args.n, args.steps, args.cfg_scale, args.seed, args.batch_size,
                           args.device, progress=not args.no_progress)
-    except (SampleError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (HarnessError, ConfigError) as e:
+        print(f"error: {error_text(e)}", file=sys.stderr)
         return 2
     print(f"{meta['n']} samples of {meta['config_id']} ({meta['sampler']}, {meta['steps']} steps, "
           f"cfg {meta['cfg_scale']}) -> {args.out}")

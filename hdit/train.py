@@ -17,13 +17,15 @@
 - Non-finite loss: losses are read at log/checkpoint boundaries (one host sync per interval); the first
   non-finite one stops the run with an error naming its step, before the next checkpoint, so the last good
   checkpoint stays in place.
+- Faults: one trainer per run dir (`hdit.runlock`; a second one exits naming the holder), temporaries of a
+  killed write removed on start; config.json / done.json / the checkpoint are verified when read back, and the
+  checkpoint's own config, seed and profile must equal config.json's (`hdit.rundir`).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import csv
-import json
 import math
 import os
 import random
@@ -37,12 +39,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hdit import io
-from hdit.configs import ConfigError, RunConfig
+from hdit import io, rundir
+from hdit.configs import RunConfig
+from hdit.errors import HarnessError, error_text
+from hdit.integrity import write_record
 from hdit.data.augment import non_leaky_augment
 from hdit.diffusion import Denoiser, sample_sigma
 from hdit.ema import ema_decay, ema_update
 from hdit.provenance import provenance
+from hdit.runlock import RunLock
 
 LOG_FIELDS = ("step", "loss", "lr", "img_per_s", "elapsed_s")
 
@@ -145,7 +150,7 @@ def default_checkpoint_every(steps: int) -> int:
 def run_status(out: Path) -> str | None:
     """None for an empty/new dir, else a description of the run it holds."""
     if (out / "done.json").exists():
-        return f"a finished run (step {json.loads((out / 'done.json').read_text()).get('step')})"
+        return f"a finished run (step {rundir.read_done(out).get('step')})"
     if (out / "checkpoint.pt").exists():
         return "an unfinished run with a checkpoint"
     if (out / "config.json").exists():
@@ -159,8 +164,9 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log rows past the checkpoint we resume from (they belong to the lost segment)."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(path, newline="") as f:  # a row cut short by a killed append is dropped
+        rows = [r for r in csv.DictReader(f) if None not in r.values() and str(r["step"]).isdigit()
+                and int(r["step"]) <= step]
     with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -178,9 +184,7 @@ def _append_log(path: Path, row: dict) -> None:
 
 # ----------------------------------------------------------------------------- training
 
-def _comparable(d: dict) -> dict:
-    """A RunConfig dict as stored in JSON, without the (extendable) step count."""
-    return {**d, "train": {k: v for k, v in d["train"].items() if k != "steps"}}
+_comparable = rundir.comparable
 
 
 def _setup_device(device: str | None, local_rank: int, world_size: int) -> torch.device:
@@ -198,15 +202,18 @@ def _setup_device(device: str | None, local_rank: int, world_size: int) -> torch
 
 def _load_for_resume(out: Path, run: RunConfig, profile: str, world_size: int) -> dict | None:
     """The checkpoint to continue from (None: start fresh); refuses mismatched or unwanted resumes."""
-    if (out / "config.json").exists():
-        stored = json.loads((out / "config.json").read_text())
+    has_config = (out / "config.json").exists()
+    if has_config:
+        stored = rundir.read_config(out)
         if stored["profile"] != profile or _comparable(stored["config"]) != _comparable(run.to_dict()):
-            raise TrainError(f"run dir {str(out)!r} was started with config {stored['config']['id']!r}, profile "
-                             f"{stored['profile']!r} and different settings; resume with the same --config/--profile/"
-                             "--seed or use a new --out")
+            raise rundir.RunMismatchError(
+                f"run dir {str(out)!r} was started with config {stored['config'].get('id')!r}, profile "
+                f"{stored['profile']!r} and different settings; resume with the same --config/--profile/--seed or "
+                "use a new --out")
     if not (out / "checkpoint.pt").exists():
         return None
-    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = rundir.load_checkpoint(out)
+    rundir.check_checkpoint(ckpt, run.to_dict(), profile, out, "config.json" if has_config else "the command line")
     if ckpt["world_size"] != world_size:
         raise TrainError(f"checkpoint was written with WORLD_SIZE={ckpt['world_size']}; resuming with "
                          f"{world_size} would change the data and noise streams")
@@ -235,11 +242,19 @@ class _Signals:
             signal.signal(s, h)
 
 
-def train(run: RunConfig, out, profile: str = "default", *, steps: int | None = None, resume: bool = False,
-          data_path=None, device: str | None = None, seed: int | None = None, checkpoint_every: int | None = None,
-          log_every: int = 10, workers: int | None = None, attn_backend: str = "auto", compile: bool = False,
-          progress: bool = True) -> dict:
-    """Train `run` into the run dir `out`; returns the done.json record. See the module docstring."""
+def train(run: RunConfig, out, profile: str = "default", **kw) -> dict:
+    """Train `run` into the run dir `out`; returns the done.json record. See the module docstring and `_train`
+    for the keyword arguments. Rank 0 holds the run dir's lock for the whole run."""
+    with RunLock(out, "hdit train", enabled=dist_env()[1] == 0) as lock:
+        if lock.enabled:
+            io.remove_stale_temporaries(out)
+        return _train(run, out, profile, **kw)
+
+
+def _train(run: RunConfig, out, profile: str = "default", *, steps: int | None = None, resume: bool = False,
+           data_path=None, device: str | None = None, seed: int | None = None, checkpoint_every: int | None = None,
+           log_every: int = 10, workers: int | None = None, attn_backend: str = "auto", compile: bool = False,
+           progress: bool = True) -> dict:
     out = Path(out)
     world_size, rank, local_rank = dist_env()
     device = _setup_device(device, local_rank, world_size)
@@ -258,7 +273,7 @@ def train(run: RunConfig, out, profile: str = "default", *, steps: int | None = 
     if ckpt is not None and ckpt["step"] >= total and (out / "done.json").exists():
         if rank == 0:
             print(f"{out}: already trained to step {ckpt['step']} (>= {total}); nothing to do", file=sys.stderr)
-        return json.loads((out / "done.json").read_text())
+        return rundir.read_done(out)
 
     # ---- data
     from hdit.data import BatchStream, build_dataset
@@ -304,7 +319,7 @@ def train(run: RunConfig, out, profile: str = "default", *, steps: int | None = 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "done.json").unlink(missing_ok=True)
-        io.write_json(out / "config.json", {
+        write_record(out / "config.json", {
             "config": run.to_dict(), "config_id": run.id, "profile": profile, "seed": seed,
             "world_size": world_size, "data_path": str(data_path or ""), "checkpoint_every": checkpoint_every,
             "objective": "ddpm" if t.objective == "ddpm" else f"edm ({objective.denoiser.noise_cond})",
@@ -389,7 +404,7 @@ def train(run: RunConfig, out, profile: str = "default", *, steps: int | None = 
             "config_id": run.id, "profile": profile, "seed": seed, "world_size": world_size,
             "provenance": provenance(device)}
     if rank == 0:
-        io.write_json(out / "done.json", done)
+        write_record(out / "done.json", done)
     return done
 
 
@@ -432,7 +447,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from hdit.data import DataError
     from hdit.profiles import resolve
 
     for name in ("steps", "checkpoint_every", "log_every", "threads"):
@@ -440,6 +454,9 @@ def main(args) -> int:
         if v is not None and v < 1:
             print(f"error: --{name.replace('_', '-')} {v}; expected a positive integer", file=sys.stderr)
             return 2
+    if args.seed is not None and args.seed < 0:
+        print(f"error: --seed {args.seed}; expected an integer >= 0", file=sys.stderr)
+        return 2
     if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
         print(f"error: --device {args.device!r}; expected cpu or cuda", file=sys.stderr)
         return 2
@@ -451,8 +468,8 @@ def main(args) -> int:
                      device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
                      log_every=args.log_every, workers=args.workers, attn_backend=args.attn_backend,
                      compile=args.compile, progress=not args.no_progress)
-    except (ConfigError, DataError, RunExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (HarnessError, RunExistsError) as e:
+        print(f"error: {error_text(e)}", file=sys.stderr)
         return 2
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)

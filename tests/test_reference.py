@@ -9,6 +9,7 @@ from PIL import Image
 
 from hdit.cli import main as cli
 from hdit.data.subset import STRATIFIED, WHOLE_SPLIT, select_subset
+from hdit.integrity import DamagedFileError
 from hdit.metrics import compute
 from hdit.metrics import reference as R
 from hdit.metrics.images import MetricsError
@@ -124,7 +125,7 @@ def test_fid_reads_a_statistics_file_and_refuses_another_mode(imagenet_folder, t
     with pytest.raises(MetricsError, match="mode 'legacy_tensorflow'.*'clean'"):
         compute.compute_metrics(samples, path, n=10, mode="clean", net=ClassNet(), device="cpu", verbose=False)
     path.write_bytes(b"not a zip")
-    with pytest.raises(MetricsError, match="not a readable FID statistics file"):
+    with pytest.raises(DamagedFileError, match="ref.npz: not a readable FID statistics file.*hdit refstats"):
         compute.compute_metrics(samples, path, n=10, net=ClassNet(), device="cpu", verbose=False)
 
 

@@ -20,6 +20,9 @@ def build_dataset(data_cfg, path=None, split: str = "train", seed: int = 0):
     """The dataset of a DataConfig (`name`, `resolution`). ImageNet/FFHQ read `path`; shapes needs none."""
     name, res = data_cfg.name, data_cfg.resolution
     if name == "shapes":
+        if path is not None:
+            raise DataError(f"--data {str(path)!r} given for dataset 'shapes', which is generated in memory and "
+                            "reads no files; drop --data (or train a config whose dataset is read from disk)")
         return ShapesDataset(res, split=split, seed=seed)
     if name not in DATASETS:
         raise DataError(f"dataset {name!r}; expected one of {DATASETS}")

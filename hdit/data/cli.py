@@ -8,13 +8,13 @@ classes. FID statistics need no export (`hdit refstats` streams the training spl
 is for looking at, sharing or re-scoring a fixed reference set.
 
 Shards are `shard-%05d.npz` (uint8 NHWC `images`, int64 `labels`) plus `meta.json` (settings, selection
-record), written atomically. A rerun with the same settings completes the missing shards; a rerun with
-other settings into the same folder is refused (never a mix of two exports).
+record), written atomically with their checksums (`hdit.integrity`). A rerun with the same settings completes
+the missing shards; a rerun with other settings into the same folder is refused (never a mix of two exports).
+One process writes a folder at a time (`hdit.runlock`).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +23,10 @@ from tqdm.auto import tqdm
 
 from hdit import io
 from hdit.configs import DataConfig
+from hdit.errors import error_text
+from hdit.integrity import read_record, write_record
 from hdit.provenance import provenance
+from hdit.runlock import RunLock
 
 SETTINGS = ("dataset", "resolution", "split", "n", "seed", "data", "shard_size", "selection")
 
@@ -57,7 +60,8 @@ def _check_previous(out: Path, meta: dict) -> None:
             raise ValueError(f"{out} holds shards but no meta.json (an export of unknown settings); "
                              "remove the folder or use another --out")
         return
-    old = json.loads(path.read_text())
+    old = read_record(path, f"the settings of the export in {out} cannot be read back: remove the folder and export "
+                            "again")
     diff = [k for k in SETTINGS if old.get(k) != meta[k]]
     if diff:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {meta[k]!r}" for k in diff)
@@ -79,17 +83,17 @@ def export(dataset_name: str, resolution: int, n: int | None, out, split: str = 
     meta = {"kind": "dataset", "dataset": dataset_name, "resolution": resolution, "split": split, "n": n,
             "seed": seed, "data": str(data_path) if data_path else None, "shard_size": shard_size,
             "selection": selection, "num_classes": ds.num_classes}
-    if out.exists():
+    with RunLock(out, "hdit data export"):
+        io.remove_stale_temporaries(out)
         _check_previous(out, meta)
-    out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "meta.json", {**meta, "provenance": provenance()})
-    starts = range(0, len(indices), shard_size)
-    for k, start in enumerate(tqdm(starts, desc=f"export {dataset_name}", disable=not progress)):
-        path = out / f"shard-{k:05d}.npz"
-        if path.exists():
-            continue
-        images, labels = ds.get_uint8(indices[start:start + shard_size])
-        io.save_npz(path, images=images, labels=labels.astype(np.int64))
+        write_record(out / "meta.json", {**meta, "provenance": provenance()})
+        starts = range(0, len(indices), shard_size)
+        for k, start in enumerate(tqdm(starts, desc=f"export {dataset_name}", disable=not progress)):
+            path = out / f"shard-{k:05d}.npz"
+            if path.exists():
+                continue
+            images, labels = ds.get_uint8(indices[start:start + shard_size])
+            io.save_npz(path, images=images, labels=labels.astype(np.int64))
     return out
 
 
@@ -103,6 +107,6 @@ def main(args) -> int:
             return synth.main(args)
         export(args.dataset, args.resolution, args.n, args.out, args.split, args.data, args.seed, args.shard_size)
     except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_text(e)}", file=sys.stderr)
         return 2
     return 0

@@ -2,7 +2,8 @@
 
 Preprocessing follows ADM / DiT's `center_crop_arr`: halve the image with a BOX filter while its short
 side is >= 2 * size, resize with BICUBIC so the short side equals `size`, centre-crop to size x size.
-Images become float32 CHW in [-1, 1]. Augmentation (horizontal flips only, off by default) is applied
+Which files count and which images are accepted (mode, bit depth, size, no hidden files) follow the rules
+shared with the FID inputs (`hdit.imagefile`). Images become float32 CHW in [-1, 1]. Augmentation (horizontal flips only, off by default) is applied
 by the training batch stream (`hdit.data.BatchStream`), not here.
 """
 from __future__ import annotations
@@ -12,17 +13,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from hdit.data.base import UInt8Dataset
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
-# PIL modes that are (or losslessly convert to) 3-channel colour; anything else (alpha, 16-bit, ...)
-# is rejected rather than silently converted.
-RGB_MODES = ("RGB", "L", "P", "CMYK", "YCbCr")
+from hdit.errors import HarnessError
+from hdit.imagefile import IMAGE_EXTENSIONS, ImageFileError, is_hidden, list_images, open_rgb
 
 
-class DataError(ValueError):
+class DataError(HarnessError):
     """A dataset folder or image that cannot be used."""
 
 
@@ -38,24 +36,32 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode, check and crop one image -> uint8 [size, size, 3]. Errors name the path."""
+    """Decode, check (`hdit.imagefile` rules) and crop one image -> uint8 [size, size, 3]. Errors name the path."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in RGB_MODES:
-                raise DataError(f"{path}: image mode {im.mode!r} ({len(im.getbands())} channels); "
-                                f"expected RGB or greyscale ({', '.join(RGB_MODES)})")
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable or corrupt image ({e})") from None
+        im = open_rgb(path)
+    except ImageFileError as e:
+        raise DataError(str(e)) from None
     arr = center_crop_arr(im, size)
     if arr.shape != (size, size, 3):
         raise DataError(f"{path}: got an array of shape {arr.shape}; expected ({size}, {size}, 3)")
     return arr
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    """Class sub-folder -> its images, for an ImageNet-layout folder (hidden folders are not classes); every
+    class must hold images (an empty folder counted as a class would shift every later label)."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not is_hidden(d, root))
+    if not classes:
+        raise DataError(f"data folder {str(root)!r} has no class sub-folders (ImageNet layout: "
+                        "ROOT/<class>/<image>)")
+    files = {c: list_images(root / c) for c in classes}
+    empty = [c for c in classes if not files[c]]
+    if empty:
+        shown = ", ".join(repr(c) for c in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise DataError(f"data folder {str(root)!r}: class folder(s) {shown} hold no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}); every sub-folder is a class: add its images or move "
+                        "the folder out")
+    return files
 
 
 def _check_dir(path) -> Path:
@@ -75,14 +81,12 @@ class ImageFolderDataset(UInt8Dataset):
     def __init__(self, root, resolution: int, class_folders: bool = True):
         self.root, self.resolution = _check_dir(root), resolution
         if class_folders:
-            self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
-            if not self.classes:
-                raise DataError(f"data folder {str(self.root)!r} has no class sub-folders (ImageNet layout: "
-                                "ROOT/<class>/<image>)")
-            self.files = [(f, k) for k, c in enumerate(self.classes) for f in _image_files(self.root / c)]
+            per_class = _class_folders(self.root)
+            self.classes = list(per_class)
+            self.files = [(f, k) for k, c in enumerate(self.classes) for f in per_class[c]]
         else:
             self.classes = []
-            self.files = [(f, 0) for f in _image_files(self.root)]
+            self.files = [(f, 0) for f in list_images(self.root)]
         if not self.files:
             raise DataError(f"data folder {str(self.root)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.num_classes = len(self.classes)

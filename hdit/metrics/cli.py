@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from hdit.errors import error_text
 from hdit.io import write_json
 from hdit.metrics.compute import DEFAULT_MODE, compute_metrics
 from hdit.metrics.images import MetricsError
@@ -58,6 +59,9 @@ def _text(r: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.is_dir():
+        print(f"hdit fid: error: --out {args.out} is a directory; expected the JSON file to write", file=sys.stderr)
+        return 2
     try:
         result = compute_metrics(args.samples, args.ref, n=args.n, mode=args.mode,
                                  inception_score=args.inception_score, device=args.device,
@@ -65,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
                                  is_splits=args.is_splits, seed=args.seed, verbose=not args.quiet)
     except (MetricsError, ExtractorError) as e:
-        print(f"hdit fid: error: {e}", file=sys.stderr)
+        print(f"hdit fid: error: {error_text(e)}", file=sys.stderr)
         return 2
     if args.out:
         write_json(args.out, result)

@@ -1,13 +1,13 @@
 """`compute_metrics`: FID / KID / IS of a sample directory (the library call behind `hdit fid` and the DAG)."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hdit.integrity import read_record
 from hdit.metrics.features import default_device, iter_features, open_images
 from hdit.metrics.images import MetricsError
 from hdit.metrics.inception import FEATURE_DIM, ExtractorError, InceptionNet, load_inception
@@ -24,7 +24,8 @@ DEFAULT_MODE = "legacy_tensorflow"
 
 def _samples_meta(samples_dir: Path) -> dict | None:
     meta = samples_dir / "meta.json"
-    return json.loads(meta.read_text()) if meta.is_file() else None
+    fix = "delete it and rerun the sampling job with the same settings (the shards are kept, meta.json is rewritten)"
+    return read_record(meta, fix) if meta.is_file() else None
 
 
 def _reference(ref, net, mode, cache_dir, device, batch_size, workers, seed, verbose) -> dict:

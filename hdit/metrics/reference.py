@@ -16,6 +16,9 @@ feature device, and only the moments (mu, the covariance) and a KID pool are kep
 - Resumable: every `checkpoint_every` batches the running sums are written atomically to
   `cache_dir/<key>.partial.npz`; a killed job continues from there (same batch size: the sums are then
   bitwise those of an uninterrupted run). Other settings give another key, so nothing is ever mixed.
+- Integrity: one process computes a key at a time (`hdit.runlock`, lock `.<key>.lock`), removing the
+  temporaries a killed one left; a damaged cache entry or partial file (unreadable, or not matching the
+  checksum stored in it) is recomputed with a warning. A damaged `--ref` statistics file is an error naming it.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import hashlib
 import json
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,11 +35,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hdit.io import save_npz, write_json
+from hdit.integrity import DamagedFileError, load_npz
+from hdit.errors import error_text
+from hdit.io import remove_stale_temporaries, save_npz, write_json
 from hdit.metrics.images import MetricsError
 from hdit.metrics.inception import FEATURE_DIM, MODES, ExtractorError, InceptionNet, check_mode, clean_resizer
 from hdit.metrics.scores import Moments
 from hdit.provenance import provenance
+from hdit.runlock import RunLock
 
 STATS_VERSION = 2
 KID_POOL = 10_000  # reference features kept for KID (a seeded random subset when the set is larger)
@@ -123,12 +130,15 @@ def _resume(acc: _Accumulator, partial: Path, batch_size: int) -> None:
     """Continue a killed computation of the same key and batch size; anything else is started over."""
     if not partial.is_file():
         return
+    keys = ("batch_size", "sum", "outer", "count", "batches", "pool", "digests")
     try:
-        with np.load(partial) as z:
-            if int(z["batch_size"]) == batch_size:
-                acc.load(z)
-    except (OSError, ValueError, KeyError):  # a damaged partial file only costs the work it held
+        z = load_npz(partial, keys, "it is deleted and the statistics are computed from the start")
+    except DamagedFileError as e:  # a damaged partial file only costs the work it held
+        warnings.warn(str(e), stacklevel=2)
         partial.unlink(missing_ok=True)
+        return
+    if int(z["batch_size"]) == batch_size:
+        acc.load(z)
 
 
 def _stream(spec, dataset, indices, net, mode, device, batch_size, workers, partial, checkpoint_every, verbose):
@@ -162,26 +172,42 @@ def dataset_reference_stats(spec: ReferenceSpec, net: InceptionNet, mode: str, c
     identity = dataset.identity()
     key = reference_key(identity, selection, mode, net.sha256)
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"{key}.npz"
-    if path.is_file():
-        return {**load_stats(path), "cached": True}
-    device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = device.startswith("cuda")
-    batch_size = batch_size or (128 if cuda else 32)
-    workers = (0 if identity["dataset"] == "shapes" else 8 if cuda else 1) if workers is None else workers
-    start = time.perf_counter()
-    acc = _stream(spec, dataset, indices, net, mode, device, batch_size, workers, cache_dir / f"{key}.partial.npz",
-                  checkpoint_every, verbose)
-    mu, sigma = acc.moments.mean_cov()
-    meta = {"version": STATS_VERSION, "key": key, "spec": asdict(spec), "identity": identity, "selection": selection,
-            "n": int(acc.moments.n), "resolution": [spec.resolution, spec.resolution], "mode": mode,
-            "extractor_sha256": net.sha256, "content_sha256": acc.content_sha256(), "batch_size": batch_size,
-            "seconds": round(time.perf_counter() - start, 2), "provenance": provenance(device)}
-    stats = {"mu": mu, "sigma": sigma, "kid_feats": np.concatenate(acc.pool).astype(np.float32), "n": meta["n"],
-             "meta": meta}
-    write_stats(path, stats)
-    (cache_dir / f"{key}.partial.npz").unlink(missing_ok=True)
+    path, partial = cache_dir / f"{key}.npz", cache_dir / f"{key}.partial.npz"
+    with RunLock(cache_dir, f"hdit refstats ({key})", name=f".{key}.lock"):
+        remove_stale_temporaries(cache_dir, prefix=f".{key}.")
+        cached = _cached(path)
+        if cached is not None:
+            return cached
+        device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        cuda = device.startswith("cuda")
+        batch_size = batch_size or (128 if cuda else 32)
+        workers = (0 if identity["dataset"] == "shapes" else 8 if cuda else 1) if workers is None else workers
+        start = time.perf_counter()
+        acc = _stream(spec, dataset, indices, net, mode, device, batch_size, workers, partial, checkpoint_every,
+                      verbose)
+        mu, sigma = acc.moments.mean_cov()
+        meta = {"version": STATS_VERSION, "key": key, "spec": asdict(spec), "identity": identity,
+                "selection": selection, "n": int(acc.moments.n), "resolution": [spec.resolution, spec.resolution],
+                "mode": mode, "extractor_sha256": net.sha256, "content_sha256": acc.content_sha256(),
+                "batch_size": batch_size, "seconds": round(time.perf_counter() - start, 2),
+                "provenance": provenance(device)}
+        stats = {"mu": mu, "sigma": sigma, "kid_feats": np.concatenate(acc.pool).astype(np.float32), "n": meta["n"],
+                 "meta": meta}
+        write_stats(path, stats)
+        partial.unlink(missing_ok=True)
     return {**stats, "cached": False}
+
+
+def _cached(path: Path) -> dict | None:
+    """The cache entry at `path`, or None (absent; a damaged one is deleted with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        return {**load_stats(path, fix="it is deleted and recomputed"), "cached": True}
+    except (DamagedFileError, MetricsError) as e:
+        warnings.warn(f"damaged cache entry: {e}", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
 
 
 # ----------------------------------------------------------------------------- the statistics file
@@ -191,22 +217,23 @@ def write_stats(path, stats: dict) -> None:
              meta=np.array(json.dumps(stats["meta"], default=str)))
 
 
-def load_stats(path) -> dict:
-    """A statistics file written by `write_stats`, checked: shapes, finiteness, its own record."""
+REFSTATS_FIX = "delete it and recompute it with `hdit refstats`"
+
+
+def load_stats(path, fix: str = REFSTATS_FIX) -> dict:
+    """A statistics file written by `write_stats`, checked: checksum, shapes, finiteness, its own record."""
     path = Path(path)
+    z = load_npz(path, ("mu", "sigma", "kid_feats", "n", "meta"), fix, "FID statistics file")
+    stats = {k: z[k] for k in ("mu", "sigma", "kid_feats")}
     try:
-        with np.load(path) as z:
-            stats = {k: z[k] for k in ("mu", "sigma", "kid_feats")}
-            stats["n"], meta = int(z["n"]), json.loads(str(z["meta"]))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        raise MetricsError(f"{path}: not a readable FID statistics file ({e}); delete it and recompute it with "
-                           "`hdit refstats`") from None
+        stats["n"], meta = int(z["n"]), json.loads(str(z["meta"]))
+    except (TypeError, ValueError) as e:
+        raise MetricsError(f"{path}: not a readable FID statistics file ({e}); {fix}") from None
     d = FEATURE_DIM
     ok = (stats["mu"].shape == (d,) and stats["sigma"].shape == (d, d) and stats["kid_feats"].ndim == 2
           and stats["kid_feats"].shape[1] == d and meta.get("n") == stats["n"])
     if not ok or not all(np.isfinite(stats[k]).all() for k in ("mu", "sigma")):
-        raise MetricsError(f"{path}: FID statistics with wrong shapes or non-finite values; delete it and "
-                           "recompute it with `hdit refstats`")
+        raise MetricsError(f"{path}: FID statistics with wrong shapes or non-finite values; {fix}")
     return {**stats, "meta": meta}
 
 
@@ -240,13 +267,17 @@ def main(args) -> int:
             print(f"hdit refstats: error: --{name.replace('_', '-')} {v}; expected a positive integer",
                   file=sys.stderr)
             return 2
+    if args.out.is_dir():
+        print(f"hdit refstats: error: --out {args.out} is a directory; expected the statistics file to write "
+              "(e.g. imagenet-128.npz)", file=sys.stderr)
+        return 2
     spec = ReferenceSpec(args.dataset, args.resolution, args.data, args.split, args.n, args.seed)
     try:
         device = str(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         stats = dataset_reference_stats(spec, load_inception(device), args.mode, args.cache_dir, device,
                                         args.batch_size, args.workers, args.checkpoint_every, not args.quiet)
     except (DataError, MetricsError, ExtractorError, ValueError) as e:
-        print(f"hdit refstats: error: {e}", file=sys.stderr)
+        print(f"hdit refstats: error: {error_text(e)}", file=sys.stderr)
         return 2
     write_stats(args.out, stats)
     write_json(args.out.with_suffix(".json"), {**stats["meta"], "cached": stats["cached"]})

@@ -1,13 +1,16 @@
 """Reference statistics (mu, sigma and a KID feature pool) of a reference image set, computed once and
-cached atomically under `cache_dir`, keyed by content hash + resolution + mode + extractor sha256."""
+cached atomically under `cache_dir`, keyed by content hash + resolution + mode + extractor sha256.
+A damaged cache entry (unreadable, or not matching its checksum) is recomputed, with a warning."""
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from hdit.integrity import DamagedFileError, load_npz
 from hdit.io import save_npz
 from hdit.metrics.features import iter_features, open_images
 from hdit.metrics.images import MetricsError, content_hash
@@ -39,9 +42,12 @@ def reference_stats(ref_dir, net: InceptionNet, mode: str, cache_dir=DEFAULT_CAC
     path = Path(cache_dir) / f"{key}.npz"
     info = {"key": key, "path": str(path), "resolution": list(resolution), "content_sha256": sha}
     if path.is_file():
-        with np.load(path) as z:
+        try:
+            z = load_npz(path, ("mu", "sigma", "kid_feats", "n"), "it is recomputed now")
             return {**info, "mu": z["mu"], "sigma": z["sigma"], "kid_feats": z["kid_feats"], "n": int(z["n"]),
                     "cached": True}
+        except DamagedFileError as e:
+            warnings.warn(f"damaged cache entry: {e}", stacklevel=2)
     n = len(images)
     keep = np.sort(np.random.default_rng(seed).choice(n, min(n, kid_pool), replace=False))
     moments, pool, start = Moments(FEATURE_DIM), [], 0

@@ -7,10 +7,10 @@ read from the run directory (config.json, done.json) and the sample directory's 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hdit.configs import RunConfig
+from hdit.integrity import read_record
 from hdit.profiles import get_profile
 from hdit.provenance import provenance
 from hdit.report.runs import rows_of_run
@@ -23,11 +23,9 @@ SCORE_KEYS = ("fid", "kid", "is_mean", "is_std", "is_unavailable", "n", "label",
 
 
 def _load(path: Path) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{str(path)!r} does not exist") from None
+    if not Path(path).exists():
+        raise ValueError(f"{str(path)!r} does not exist")
+    return read_record(path, "delete it and rerun the job that wrote it (`hdit fid --out` / `hdit sample`)")
 
 
 def _device(record: dict) -> str | None:

@@ -24,7 +24,7 @@ def save(fig, df: pd.DataFrame, out_prefix: str | Path) -> list[Path]:
     out_prefix = Path(out_prefix)
     paths = [out_prefix.with_suffix(s) for s in (".png", ".pdf", ".csv")]
     for p in paths[:2]:
-        with io.atomic_path(p, suffix=p.suffix) as tmp:
+        with io.atomic_path(p) as tmp:
             fig.savefig(tmp, format=p.suffix[1:], dpi=150, bbox_inches="tight")
     io.write_text(paths[2], df.to_csv(index=False, float_format="%.6g"))
     plt.close(fig)

@@ -41,7 +41,11 @@ def load_scaling(bench_jsons) -> pd.DataFrame:
     """One row per (device, model, resolution) scaling measurement: fwd_ms, ms per image, peak_mem_gib."""
     rows = []
     for path in bench_jsons:
-        records = json.loads(Path(path).read_text())
+        try:
+            records = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); restore it (git checkout) or re-measure with "
+                             "`hdit bench`") from None
         if not isinstance(records, list):
             raise ValueError(f"{path}: expected a JSON list of bench records, got {type(records).__name__}")
         rows += [dict(r, source=str(path)) for r in records if r.get("suite") == "scaling"]

@@ -1,0 +1,87 @@
+"""Reading a run directory back (`hdit train --resume`, `hdit sample`): config.json, done.json and the
+checkpoint, each checked (`hdit.integrity`), and the checkpoint checked against config.json.
+
+The checkpoint carries its own RunConfig (seed included) and profile. Two writers of one run directory (now
+prevented by `hdit.runlock`), or a file copied from another run, could leave config.json describing one run
+and the weights another; resume and sampling refuse such a pair, naming both values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hdit.errors import HarnessError
+from hdit.integrity import damaged, load_torch, read_record
+
+CONFIG, CHECKPOINT, DONE = "config.json", "checkpoint.pt", "done.json"
+CHECKPOINT_KEYS = ("model", "ema", "step")
+
+
+class RunMismatchError(HarnessError):
+    """config.json and checkpoint.pt describe different runs."""
+
+
+def config_fix(run_dir) -> str:
+    return (f"if {Path(run_dir) / CHECKPOINT} is intact, remove the damaged file and run `hdit train --resume` "
+            "with the run's --config/--profile/--seed: it is rewritten (the checkpoint's own settings are checked "
+            "against the command line); otherwise train again in a new --out")
+
+
+def done_fix(run_dir) -> str:
+    return (f"remove it and run `hdit train --resume` with the run's settings: the checkpoint in {run_dir} is "
+            "kept and done.json is written again")
+
+
+def checkpoint_fix(run_dir) -> str:
+    return (f"the weights cannot be trusted: restore {Path(run_dir) / CHECKPOINT} (and its .sha256) from a backup, "
+            "or remove the run directory and train again")
+
+
+def read_config(run_dir) -> dict:
+    """config.json of a run, checked (its checksum, and that it holds a config and a profile)."""
+    path = Path(run_dir) / CONFIG
+    record = read_record(path, config_fix(run_dir))
+    if not isinstance(record.get("config"), dict) or "profile" not in record:
+        raise damaged(path, "lacks the `config` / `profile` entries `hdit train` writes", config_fix(run_dir))
+    return record
+
+
+def read_done(run_dir) -> dict:
+    return read_record(Path(run_dir) / DONE, done_fix(run_dir))
+
+
+def load_checkpoint(run_dir, **load_kw) -> dict:
+    """checkpoint.pt of a run, checked (checksum, format, the entries `hdit train` writes)."""
+    return load_torch(Path(run_dir) / CHECKPOINT, checkpoint_fix(run_dir), CHECKPOINT_KEYS, **load_kw)
+
+
+def comparable(d: dict) -> dict:
+    """A RunConfig dict as stored in JSON, without the (extendable) step count."""
+    return {**d, "train": {k: v for k, v in d["train"].items() if k != "steps"}}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def differences(ours: dict, theirs: dict, limit: int = 6) -> list[tuple[str, object, object]]:
+    """(dotted key, ours, theirs) for every differing entry of two nested dicts (at most `limit`)."""
+    a, b = _flatten(ours), _flatten(theirs)
+    keys = sorted(set(a) | set(b), key=lambda k: (k.split(".")[-1] not in ("id", "seed"), k))
+    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)][:limit]
+
+
+def check_checkpoint(ckpt: dict, config: dict, profile: str, run_dir, against: str = CONFIG) -> None:
+    """The checkpoint's own config (seed included, step count excluded) and profile must equal `config` /
+    `profile` (config.json's, or the command line's: `against` names which)."""
+    if "config" not in ckpt or "profile" not in ckpt:
+        return  # written before checkpoints carried their settings: nothing to compare
+    diff = differences({"profile": ckpt["profile"], **comparable(ckpt["config"])},
+                       {"profile": profile, **comparable(config)})
+    if diff:
+        both = "; ".join(f"{k}: {theirs!r} in {against} but {ours!r} in {CHECKPOINT}" for k, ours, theirs in diff)
+        raise RunMismatchError(f"{Path(run_dir)}: {CHECKPOINT} was written by another run than {against} describes "
+                               f"({both}); the directory mixes two runs (two trainers, or a copied file): "
+                               "train again in a new --out, or restore the matching pair")
