@@ -48,11 +48,13 @@ rule flops:
 rule table1:
     input:
         table_files(1),
+        classacc_files(TABLE1_ROWS),  # default profile: class accuracy of every conditional shapes run
 
 
 rule table2:
     input:
         table_files(2),
+        classacc_files(TABLE2_ROWS),  # default profile: class accuracy of every conditional shapes run
 
 
 rule table3:
@@ -63,11 +65,13 @@ rule table3:
 rule table4:
     input:
         table_files(4),
+        classacc_files([IMAGENET256]),
 
 
 rule table5:
     input:
         table_files(5),
+        classacc_files(TABLE5_ROWS),  # default profile: class accuracy of every conditional shapes run
 
 
 rule figures:

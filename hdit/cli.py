@@ -14,6 +14,8 @@ COMMANDS = {
     "train": ("hdit.train", "train a config (paper row) under a profile; resumable"),
     "sample": ("hdit.sample", "draw samples from a trained run into .npz shards; resumable"),
     "fid": ("hdit.metrics", "FID / KID / IS with clean-fid and an offline Inception network"),
+    "classify": ("hdit.metrics.classify", "class accuracy of conditional samples on the embedded shapes data "
+                 "(a small CNN trained once, cached)"),
     "refstats": ("hdit.metrics.reference", "FID reference statistics of a training split (ADM protocol); resumable"),
     "data": ("hdit.data.cli", "export dataset images (e.g. the embedded dataset) as .npz shards"),
     "report": ("hdit.report.cli", "render tables and figures into results/"),

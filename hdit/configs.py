@@ -20,6 +20,7 @@ POS_EMB_KINDS = ("rope", "additive", "sincos")
 SKIP_KINDS = ("lerp", "add", "concat")
 WEIGHTINGS = ("snr", "min-snr", "soft-min-snr", "ddpm-hybrid")
 SAMPLERS = ("dpmpp-3m-sde", "ddpm")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(HarnessError):
@@ -131,6 +132,10 @@ class TrainConfig:
     sigma_min: float = 1e-3
     sigma_max: float = 1e3
     lr: float = 5e-4
+    # Table 6: constant lr. The short CPU runs of the default profile decay it instead (docs/LEARNING_BUDGET.md):
+    # linear warm-up over lr_warmup_steps, then (cosine) a half-cosine from lr down to 0 at the last step.
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 1e-2
@@ -145,9 +150,21 @@ class TrainConfig:
     precision: str = "bf16"  # autocast dtype on GPU; CPU runs fp32 through the same code path
     seed: int = 0
 
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of every param group's lr for the optimiser step after `step` steps (0-indexed)."""
+        f = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
+        if self.lr_schedule == "cosine" and step >= self.lr_warmup_steps:
+            span = max(1, self.steps - self.lr_warmup_steps)
+            f *= 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.lr_warmup_steps) / span)))
+        return f
+
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"weighting={self.weighting!r}; expected one of {WEIGHTINGS}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r}; expected one of {LR_SCHEDULES}")
+        if self.lr_warmup_steps < 0:
+            raise ConfigError(f"lr_warmup_steps={self.lr_warmup_steps!r}; expected an integer >= 0")
         if self.objective not in ("edm", "ddpm"):
             raise ConfigError(f"objective={self.objective!r}; expected 'edm' or 'ddpm'")
 

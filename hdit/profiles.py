@@ -32,7 +32,10 @@ class Profile:
     steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    lr_schedule: str | None = None  # None = the config's (Table 6: constant)
+    lr_warmup_steps: int | None = None
     ema_warmup_gamma: float | None = None
+    ema_warmup_power: float | None = None
     sample_steps: int | None = None  # None = the config's sampler steps
     ddpm_sample_steps: int | None = None  # R1's respaced DDPM steps
     # --- evaluation ---
@@ -66,8 +69,12 @@ class Profile:
             resolution=self.resolution or m.resolution,
             num_classes=(self.num_classes if (self.num_classes is not None and m.num_classes) else m.num_classes),
         )
-        t = replace(run.train, steps=self.steps or run.train.steps, batch_size=self.batch_size or run.train.batch_size,
-                    lr=self.lr or run.train.lr, ema_warmup_gamma=self.ema_warmup_gamma or run.train.ema_warmup_gamma)
+        t = run.train
+        t = replace(t, steps=self.steps or t.steps, batch_size=self.batch_size or t.batch_size, lr=self.lr or t.lr,
+                    lr_schedule=self.lr_schedule or t.lr_schedule,
+                    lr_warmup_steps=t.lr_warmup_steps if self.lr_warmup_steps is None else self.lr_warmup_steps,
+                    ema_warmup_gamma=self.ema_warmup_gamma or t.ema_warmup_gamma,
+                    ema_warmup_power=self.ema_warmup_power or t.ema_warmup_power)
         s = run.sample
         new_steps = self.ddpm_sample_steps if s.sampler == "ddpm" else self.sample_steps
         s = replace(s, steps=new_steps or s.steps)

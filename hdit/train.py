@@ -6,7 +6,8 @@
 - Objective: EDM (`hdit.diffusion`, F-space loss with the row's weighting, interpolated-cosine sigma
   density with stratified u) for every row but R1, which trains with the ADM/DiT Gaussian diffusion
   hybrid loss (`baselines.gaussian_diffusion`). DiT under EDM (R2) gets `dit_timestep(sigma)`.
-- Optimiser: AdamW with the RunConfig's lr/betas/eps/weight decay on `model.param_groups`, constant lr.
+- Optimiser: AdamW with the RunConfig's lr/betas/eps/weight decay on `model.param_groups`; lr constant (Table 6)
+  or, per TrainConfig.lr_schedule, warmed up linearly and decayed to 0 along a half cosine (`lr_factor`).
 - EMA: decay min(ema_decay, 1 - (1 + t / ema_warmup_gamma) ** -ema_warmup_power) (`hdit.ema`).
 - Class dropout: labels replaced by the null class (index num_classes) with probability cond_dropout.
 - bf16 autocast on CUDA (TrainConfig.precision); CPU runs fp32 through the same autocast call.
@@ -205,7 +206,14 @@ def _load_for_resume(out: Path, run: RunConfig, profile: str, world_size: int) -
     has_config = (out / "config.json").exists()
     if has_config:
         stored = rundir.read_config(out)
-        if stored["profile"] != profile or _comparable(stored["config"]) != _comparable(run.to_dict()):
+        # through RunConfig: a record written before a field existed reads as that field's default
+        old = RunConfig.from_dict(stored["config"]).to_dict()
+        if stored["profile"] != profile or _comparable(old) != _comparable(run.to_dict()):
+            if stored["profile"] == profile and {**old, "train": {**old["train"], "steps": run.train.steps}} == run.to_dict():
+                raise rundir.RunMismatchError(
+                    f"run dir {str(out)!r} was trained for {old['train']['steps']} steps under a "
+                    f"{run.train.lr_schedule!r} lr schedule, which decays over the step count; a run of "
+                    f"{run.train.steps} steps is another run: use a new --out")
             raise rundir.RunMismatchError(
                 f"run dir {str(out)!r} was started with config {stored['config'].get('id')!r}, profile "
                 f"{stored['profile']!r} and different settings; resume with the same --config/--profile/--seed or "
@@ -298,6 +306,7 @@ def _train(run: RunConfig, out, profile: str = "default", *, steps: int | None =
     ema = copy.deepcopy(raw).eval().requires_grad_(False)
     opt = torch.optim.AdamW(raw.param_groups(t.lr, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps,
                             weight_decay=t.weight_decay, fused=True)  # fused: ~6x less CPU time than the per-tensor loop
+    base_lrs = [g["lr"] for g in opt.param_groups]  # param_groups' own ratios (lr/3 groups) kept under the schedule
     step, elapsed = 0, 0.0
     gen = torch.Generator(device).manual_seed(rank_seed(seed, rank))
     torch.manual_seed(rank_seed(seed + 1, rank))  # dropout etc. draw from the global RNG
@@ -370,6 +379,9 @@ def _train(run: RunConfig, out, profile: str = "default", *, steps: int | None =
                 x, labels = next(stream)
                 x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 labels = drop_labels(labels, run.model.num_classes, t.cond_dropout, gen)
+                lr_factor = t.lr_factor(step)
+                for g, base in zip(opt.param_groups, base_lrs):
+                    g["lr"] = base * lr_factor
                 with torch.autocast(**amp):
                     loss = objective(x, labels, gen).mean()
                 loss.backward()
@@ -383,7 +395,7 @@ def _train(run: RunConfig, out, profile: str = "default", *, steps: int | None =
                 if step % log_every == 0 or checkpoint:
                     values = flush()
                     now = time.perf_counter()
-                    row = {"step": step, "loss": f"{sum(values) / len(values):.6g}", "lr": t.lr,
+                    row = {"step": step, "loss": f"{sum(values) / len(values):.6g}", "lr": f"{t.lr * lr_factor:.6g}",
                            "img_per_s": f"{len(values) * t.batch_size / (now - win_t):.4g}",
                            "elapsed_s": f"{elapsed + now - t0:.2f}"}
                     if rank == 0:

@@ -2,6 +2,7 @@
 non-finite loss, run-dir protection, CLI errors, DDP smoke test. All on CPU with the real models."""
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -127,6 +128,37 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, capsys):
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["config_id"] == "E" and cfg["profile"] == "default" and cfg["config"]["train"]["steps"] == steps
     assert not list(run_dir.glob(".*.tmp*"))  # no temporary files left behind by the killed writer
+
+
+# ----------------------------------------------------------------------------- lr schedule
+
+def test_lr_schedule_factors():
+    from hdit.configs import ConfigError, TrainConfig
+
+    assert [TrainConfig().lr_factor(s) for s in (0, 10, 10 ** 6)] == [1.0, 1.0, 1.0]  # Table 6: constant
+    t = TrainConfig(steps=110, lr_schedule="cosine", lr_warmup_steps=10)
+    f = [t.lr_factor(s) for s in range(110)]
+    assert f[:3] == pytest.approx([0.1, 0.2, 0.3]) and f[9] == 1.0 and f[10] == 1.0  # linear warm-up, then the peak
+    assert f[60] == pytest.approx(0.5) and f[109] == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # monotone half-cosine decay
+    assert TrainConfig(lr_warmup_steps=4).lr_factor(1) == 0.5  # warm-up alone, constant afterwards
+    with pytest.raises(ConfigError, match="lr_schedule='step'"):
+        TrainConfig(lr_schedule="step")
+
+
+def test_lr_schedule_drives_every_param_group(tmp_path):
+    """The logged lr follows the schedule; the mapping network keeps its lr/3 ratio (param groups)."""
+    run = small("E", batch_size=2, lr=1e-3, lr_schedule="cosine", lr_warmup_steps=2, steps=6)
+    train(run, tmp_path / "c", checkpoint_every=6, log_every=1, progress=False)
+    with open(tmp_path / "c" / "log.csv") as f:
+        logged = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert logged == pytest.approx([1e-3 * run.train.lr_factor(s) for s in range(6)], rel=1e-5)
+    groups = load(tmp_path / "c")["opt"]["param_groups"]
+    last = run.train.lr_factor(5)
+    assert sorted({round(g["lr"] / last, 9) for g in groups}) == pytest.approx([1e-3 / 3, 1e-3])
+    # a decaying schedule is a function of the step count: a longer run is another run, not an extension
+    with pytest.raises(Exception, match="decays over the step count"):
+        train(replace(run, train=replace(run.train, steps=8)), tmp_path / "c", resume=True, progress=False)
 
 
 # ----------------------------------------------------------------------------- training signal

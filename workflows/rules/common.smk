@@ -59,6 +59,10 @@ METRICS = f"{RES}/metrics/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-fid{{n}}{{inceptio
 RAW_METRICS = f"{RES}/metrics/{P}/{{run}}/raw/seed{{seed}}-cfg{{cfg}}-fid{{n}}{{inception}}.json"
 REF_STATS = f"{RES}/refs/{P}/{{dataset}}-{{resolution}}.fid-stats.npz"
 STATS_CACHE = f"{RES}/cache/fid-stats"
+# class accuracy of a conditional sample set on the embedded shapes data (hdit classify), beside its FID JSON
+CLASSACC = f"{RES}/metrics/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-n{{n}}.classacc.json"
+CLASSIFIER = f"{RES}/refs/{P}/shapes-{{resolution}}.classifier.json"  # record of the cached classifier
+CLASSIFIER_CACHE = f"{RES}/cache/classifier"
 FLOPS = f"{RES}/flops/{{name}}.json"
 TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
@@ -154,6 +158,23 @@ def metrics_file(config_id, n=None, cfg=NO_CFG, inception=False):
     """The annotated metrics JSON of a paper row (through the training run it shares)."""
     return METRICS.format(run=training_run(config_id, P), seed=SEED, cfg=float(cfg),
                           n=n or PROFILE.fid_samples, inception="-is" if inception else "")
+
+
+def has_class_accuracy(config_id):
+    """Class accuracy needs known classes: class-conditional runs on the embedded shapes data (the default
+    profile; not ImageNet or FFHQ, whose classifier would be a network we do not have offline)."""
+    r = resolved(config_id)
+    return r.data.name == "shapes" and r.model.num_classes > 0
+
+
+def classacc_file(config_id, n=None, cfg=NO_CFG):
+    """The class-accuracy JSON of a paper row's samples (through the training run it shares)."""
+    return CLASSACC.format(run=training_run(config_id, P), seed=SEED, cfg=float(cfg), n=n or PROFILE.fid_samples)
+
+
+def classacc_files(config_ids):
+    """The class-accuracy JSONs of those rows that have one (none under the paper profile)."""
+    return sorted({classacc_file(c) for c in config_ids if has_class_accuracy(c)})
 
 
 def metrics_pairs(config_ids):

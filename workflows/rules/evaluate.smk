@@ -72,3 +72,53 @@ rule annotate_metrics:
     shell:
         "hdit report metrics --fid {input.fid} --samples {params.samples} --run {params.run_dir} "
         "--profile {params.profile} --out {output} > {log} 2>&1"
+
+
+# Class accuracy (default profile, class-conditional runs on the embedded shapes data): a small CNN trained once
+# on the shapes training split (cached by content under results/cache/classifier), then every sample set is
+# scored as the fraction of samples classified as their conditioning class (`hdit classify`).
+
+
+rule classifier:
+    output:
+        CLASSIFIER,
+    params:
+        cache=CLASSIFIER_CACHE,
+    threads: 1  # the classifier is trained with one thread (its weights depend on the thread count)
+    log:
+        f"{LOGS}/classify/classifier-shapes-{{resolution}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/classify/classifier-shapes-{{resolution}}.tsv"
+    conda:
+        "../envs/hdit.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} hdit classify --fit --resolution {wildcards.resolution} --cache-dir {params.cache} "
+        "--out {output} > {log} 2>&1"
+
+
+def classifier_of(wildcards):
+    if not has_class_accuracy(wildcards.run):
+        raise WorkflowError(f"class accuracy of run {wildcards.run!r} under profile {P!r}: needs a class-conditional "
+                            "run on the embedded shapes data")
+    return CLASSIFIER.format(resolution=resolved(wildcards.run).data.resolution)
+
+
+rule class_accuracy:
+    input:
+        samples=sample_meta,
+        classifier=classifier_of,
+    output:
+        CLASSACC,
+    params:
+        samples=lambda wc, input: os.path.dirname(input.samples),
+        cache=CLASSIFIER_CACHE,
+    threads: 1
+    log:
+        f"{LOGS}/classify/{{run}}-seed{{seed}}-cfg{{cfg}}-n{{n}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/classify/{{run}}-seed{{seed}}-cfg{{cfg}}-n{{n}}.tsv"
+    conda:
+        "../envs/hdit.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} hdit classify --samples {params.samples} --cache-dir {params.cache} "
+        "--out {output} > {log} 2>&1"
