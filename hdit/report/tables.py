@@ -1,4 +1,5 @@
-"""Tables 1-5 (and the DiffiT comparison) as DataFrames: measured value, the paper's value, delta, and the scale it was measured at.
+"""Tables 1-5 and the DiffiT comparison as DataFrames: measured value, the paper's value, delta, and the
+scale it was measured at.
 
 Inputs are the files the workflow writes: annotated metrics JSON (`hdit.report.annotate`) keyed by
 paper row, and the FLOP counter's JSON (paper scale). Paper values come only from `hdit.reference`.
@@ -304,7 +305,8 @@ def table_diffit(metrics: dict[str, dict], flops: list[dict], profile: Profile |
              f"GFLOP (trained): the backbone the profile trains, at its training resolution; GFLOP@{res}: the "
              f"paper-scale backbone at {res} px (DiffiT: the FFHQ-64 layout with L = 4, class-conditional). "
              "Train TMAC ~ 3 x GFLOP (trained) x steps x batch (backward ~ 2 forwards).",
-             "Train wall time is measured on the training device (train_device in the CSV), sharing it with other jobs.",
+             "Train wall: seconds of the training job on its device (train_device in the CSV), with whatever else "
+             "ran on the machine at the time; compare it across rows of one workflow run only.",
              *_sharing_note(TABLE_DIFFIT_ROWS, profile)]
     return Table("table_diffit", _caption("DiffiT (image space) beside HDiT (step E) and DiT-B/4 at matched "
                                           "training compute.", profile), df, display, notes)
