@@ -36,7 +36,7 @@ from hdit.profiles import resolve
 from hdit.provenance import device_slug, provenance
 
 SUITES = ("train", "forward", "scaling", "sample")
-MODEL_LABELS = {"hdit": "HDiT", "dit": "DiT-B/4"}
+MODEL_LABELS = {"hdit": "HDiT", "dit": "DiT-B/4", "diffit": "DiffiT"}
 
 
 @dataclass(frozen=True)
@@ -202,11 +202,11 @@ def build(b: Bench, config_id: str, resolution: int):
 
 
 def inputs(run, batch: int, device):
-    """A forward's arguments at sigma = 1 (HDiT: c_noise = 0; DiT: a mid-range timestep)."""
+    """A forward's arguments at sigma = 1 (HDiT, DiffiT: c_noise = 0; DiT: a mid-range timestep)."""
     m = run.model
     x = torch.randn(batch, m.in_channels, m.resolution, m.resolution, device=device)
     sigma = torch.full([batch], 1.0, device=device)
-    cond = torch.log(sigma) / 4 if m.family == "hdit" else torch.full([batch], 500.0, device=device)
+    cond = torch.log(sigma) / 4 if m.family != "dit" else torch.full([batch], 500.0, device=device)
     labels = torch.randint(0, m.num_classes + 1, [batch], device=device) if m.num_classes else None
     return x, cond, labels
 

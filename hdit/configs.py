@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 
 from hdit.errors import HarnessError
 
-ATTENTION_KINDS = ("global", "neighborhood", "shifted_window")
+FAMILIES = ("hdit", "dit", "diffit")
+ATTENTION_KINDS = ("global", "neighborhood", "shifted_window", "window")  # "window": DiffiT's, not shifted
 FF_KINDS = ("geglu", "gelu")
-POS_EMB_KINDS = ("rope", "additive", "sincos")
+POS_EMB_KINDS = ("rope", "additive", "sincos", "relative")  # "relative": DiffiT's bias inside windows
 SKIP_KINDS = ("lerp", "add", "concat")
 WEIGHTINGS = ("snr", "min-snr", "soft-min-snr", "ddpm-hybrid")
 SAMPLERS = ("dpmpp-3m-sde", "ddpm")
@@ -29,12 +30,14 @@ class ConfigError(HarnessError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Backbone architecture. `family` picks HDiT (`hdit.model`) or DiT (`baselines.dit`).
+    """Backbone architecture. `family` picks HDiT (`hdit.model`), DiT (`baselines.dit`) or image-space
+    DiffiT (`baselines.diffit`; there `mapping_width` is the time token's width and `window_size` the
+    TMSA window).
 
     Per-level tuples run from the outermost (highest-resolution) level to the innermost one.
     """
 
-    family: str  # "hdit" | "dit"
+    family: str  # one of FAMILIES
     widths: tuple[int, ...]
     depths: tuple[int, ...]
     attention: tuple[str, ...]  # per level, one of ATTENTION_KINDS
@@ -60,8 +63,8 @@ class ModelConfig:
 
     def __post_init__(self):
         n = len(self.widths)
-        if self.family not in ("hdit", "dit"):
-            raise ConfigError(f"family={self.family!r}; expected 'hdit' or 'dit'")
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family={self.family!r}; expected one of {FAMILIES}")
         if len(self.depths) != n or len(self.attention) != n:
             raise ConfigError(f"widths/depths/attention lengths differ: {self.widths} {self.depths} {self.attention}")
         if self.dropout and len(self.dropout) != n:
@@ -98,10 +101,14 @@ class ModelConfig:
     def at_resolution(self, resolution: int) -> "ModelConfig":
         """The paper's resolution adaptation: one new outer level per doubling (hourglass models only).
 
-        Below the native resolution the rule runs backwards (outer levels are dropped).
+        Below the native resolution the rule runs backwards (outer levels are dropped). DiffiT keeps its
+        levels and window size at every resolution (the appendix gives no rule above 64 px; docs/DIFFIT.md).
         """
         if resolution == self.resolution:
             return self
+        if self.family == "diffit":  # convolutions + fixed-size windows: the same network sees more pixels
+            check_resolution(resolution, minimum=2 ** (len(self.widths) - 1))
+            return replace(self, resolution=resolution)
         check_resolution(resolution, minimum=min(128, self.resolution))
         if len(self.widths) == 1:  # isotropic models (DiT-B/4, R3/R4) just see (R/p)^2 tokens
             return replace(self, resolution=resolution)
@@ -244,6 +251,34 @@ _SOFTMIN = TrainConfig(weighting="soft-min-snr", gamma=4.0)
 
 _T1 = "Table 1"
 
+# Image-space DiffiT (Hatamizadeh et al. 2023; appendix H.1 Tables S.2/S.3 and I.1), a third backbone.
+# Pixels are tokens (patch 1, 3x3 conv tokenizer); widths 128 at the first stage and 256 after it ("we keep
+# the number of channels constant in the rest of the stages"); TMSA in windows of 8 at 64 px and 4 at 32 px
+# with relative position bias; U-Net concatenation skips; time token of width 512 (EDM's DDPM++ embedding
+# width, 4 x 128: the appendix does not give one); head_dim 64. The appendix gives two block counts:
+#   H.1 (architecture section, with Tables S.2/S.3): L = 4 at every level (FFHQ-64: 4,4,4,4; CIFAR-10: 4,4,4)
+#   I.1 (implementation details): FFHQ-64 "1, 2, 2, 2 blocks at each stage"; CIFAR-10 "2 blocks at each stage"
+# DEFAULT = H.1 (`diffit-ffhq64`, `diffit-cifar10`): it is the section that specifies the architecture, next
+# to the tables it parameterises, and it states the L values for both datasets in the tables' own notation;
+# I.1 is a training-details paragraph. The I.1 counts are kept as named variants (-1222, -222).
+# The paper trains these unconditionally on FFHQ-64 / CIFAR-10 with EDM's full protocol (EDM loss weight,
+# log-normal sigma density, EDM augmentation). The harness has EDM's preconditioning but its own objective
+# (interpolated-cosine density, the row's weighting), so these rows define DiffiT's ARCHITECTURE (params,
+# GFLOPs, Figure 2); the optimiser numbers are the appendix's (Adam, I.1); sampling uses the harness's
+# DPM++(3M) SDE, not EDM's Heun sampler. The harness has no CIFAR-10 loader (training diffit-cifar10* under `paper` stops there).
+_DIFFIT_FFHQ64 = ModelConfig(family="diffit", widths=(128, 256, 256, 256), depths=(4, 4, 4, 4),
+                             attention=("window",) * 4, ff="gelu", pos_emb="relative", skip="concat", patch_size=1,
+                             head_dim=64, window_size=8, mapping_width=512, num_classes=0, resolution=64)
+_DIFFIT_CIFAR10 = replace(_DIFFIT_FFHQ64, widths=(128, 256, 256), depths=(4, 4, 4), attention=("window",) * 3,
+                          window_size=4, resolution=32)
+_DIFFIT_ADAM = dict(betas=(0.9, 0.999), weight_decay=0.0, steps=200_000)  # I.1: Adam, 200k iterations
+_DIFFIT_FFHQ_TRAIN = TrainConfig(lr=2e-4, batch_size=256, **_DIFFIT_ADAM)
+_DIFFIT_CIFAR_TRAIN = TrainConfig(lr=1e-3, batch_size=512, **_DIFFIT_ADAM)
+# The measured comparison (table_diffit): the default DiffiT layout put in step E's place -- Table 1's
+# ImageNet-128 class-conditional setting with E's training recipe, so that only the backbone differs from E.
+# Class conditioning as in the authors' latent DiffiT: a label embedding added to the time token.
+_DIFFIT_IN128 = replace(_DIFFIT_FFHQ64, num_classes=1000, resolution=128)
+
 
 def _rows() -> list[RunConfig]:
     r3_model = replace(_A, widths=(768,), depths=(12,), attention=("global",))
@@ -281,6 +316,19 @@ def _rows() -> list[RunConfig]:
                           attention=("neighborhood", "neighborhood", "global"), mapping_depth=2, resolution=256),
                   replace(_SOFTMIN, steps=2_200_000),
                   data=DataConfig("imagenet", 256)),
+        # Image-space DiffiT (see the comment above _DIFFIT_FFHQ64); the first of each pair is the default.
+        RunConfig("diffit-ffhq64", "DiffiT, FFHQ-64 (L = 4 per level, H.1)", "DiffiT appendix H.1",
+                  _DIFFIT_FFHQ64, _DIFFIT_FFHQ_TRAIN, data=DataConfig("ffhq", 64)),
+        RunConfig("diffit-ffhq64-1222", "DiffiT, FFHQ-64 (1, 2, 2, 2 blocks, I.1)", "DiffiT appendix I.1",
+                  replace(_DIFFIT_FFHQ64, depths=(1, 2, 2, 2)), _DIFFIT_FFHQ_TRAIN,
+                  data=DataConfig("ffhq", 64)),
+        RunConfig("diffit-cifar10", "DiffiT, CIFAR-10 (L = 4 per level, H.1)", "DiffiT appendix H.1",
+                  _DIFFIT_CIFAR10, _DIFFIT_CIFAR_TRAIN, data=DataConfig("cifar10", 32)),
+        RunConfig("diffit-cifar10-222", "DiffiT, CIFAR-10 (2 blocks per stage, I.1)", "DiffiT appendix I.1",
+                  replace(_DIFFIT_CIFAR10, depths=(2, 2, 2)), _DIFFIT_CIFAR_TRAIN,
+                  data=DataConfig("cifar10", 32)),
+        RunConfig("diffit-imagenet128", "DiffiT (image space) in step E's setting", "Table DiffiT",
+                  _DIFFIT_IN128, _SOFTMIN),
     ]
 
 
@@ -288,6 +336,7 @@ REGISTRY: dict[str, RunConfig] = {r.id: r for r in _rows()}
 TABLE1_ROWS = ("R1", "R2", "R3", "R4", "A", "B1", "B2", "C", "D", "E")
 TABLE2_ROWS = ("skip-concat", "skip-add", "skip-lerp")
 TABLE5_ROWS = ("snr", "minsnr-g5", "minsnr-g4", "softminsnr-g4")
+TABLE_DIFFIT_ROWS = ("E", "R2", "diffit-imagenet128")  # HDiT E, DiT-B/4 in the same EDM trainer, DiffiT
 
 
 def get_config(config_id: str) -> RunConfig:

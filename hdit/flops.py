@@ -10,7 +10,12 @@ still be counted).
 
 Resolution adaptation (Sec. 4.1, 5.2): hourglass models get one new outer level per doubling
 (`ModelConfig.at_resolution`); single-level models (DiT-B/4 and the isotropic R3/R4) just see more tokens,
-which is what Table 1's R1-R4 columns report.
+which is what Table 1's R1-R4 columns report. Image-space DiffiT (`baselines.diffit`) keeps its levels and
+window size and sees more pixels, from 64 px (or its native resolution) up; its convolutions are counted as
+out_elements x in x k^2 through the traceable op `hdit::conv2d`, its window attention as 2*N*d*w^2 (SDPA).
+
+`--profile` counts the backbone a profile trains (e.g. `default`: the 32 px CPU models) instead of the
+paper-scale one; every row records the profile it was counted under.
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ import time
 
 import torch
 
-from hdit.configs import REGISTRY, TABLE1_ROWS, ConfigError, ModelConfig, check_resolution, get_config
+from hdit.configs import REGISTRY, TABLE1_ROWS, ConfigError, ModelConfig, get_config
+from hdit.profiles import PROFILES, resolve
 
 DEFAULT_RESOLUTIONS = (128, 256, 512)
 FORMATS = ("md", "json", "csv")
@@ -35,8 +41,7 @@ _MATMUL_LIKE = re.compile(r"matmul|linear|mm|conv|attention|einsum|natten|na2d|f
 
 
 def model_at_resolution(cfg: ModelConfig, resolution: int) -> ModelConfig:
-    """The backbone the paper counts at `resolution`."""
-    check_resolution(resolution)
+    """The backbone the paper counts at `resolution` (ConfigError naming it if the family cannot run there)."""
     return cfg.at_resolution(resolution)
 
 
@@ -61,6 +66,12 @@ def neighborhood_flop(inputs, outputs) -> int:
     return math.prod(q[:-1]) * k * k * (q[-1] + v[-1])
 
 
+def conv2d_flop(inputs, outputs) -> int:
+    """hdit::conv2d (DiffiT's traceable convolution), weight [out, in, k, k]: out_elements * in * k * k."""
+    w, out = _shape(inputs[1]), _shape(outputs[0])
+    return math.prod(out) * math.prod(w[1:])
+
+
 def _analysis(model, inputs):
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn import jit_handles as h
@@ -70,7 +81,8 @@ def _analysis(model, inputs):
         "aten::linear": h.linear_flop_jit, "aten::matmul": h.matmul_flop_jit, "aten::mm": h.matmul_flop_jit,
         "aten::bmm": h.bmm_flop_jit, "aten::addmm": h.addmm_flop_jit, "aten::einsum": h.einsum_flop_jit,
         "aten::_convolution": h.conv_flop_jit,
-        "aten::scaled_dot_product_attention": sdpa_flop, "hdit::neighborhood_attention": neighborhood_flop})
+        "aten::scaled_dot_product_attention": sdpa_flop, "hdit::neighborhood_attention": neighborhood_flop,
+        "hdit::conv2d": conv2d_flop})
     return fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
 
 
@@ -112,22 +124,27 @@ def count_model(cfg: ModelConfig) -> dict:
     return _CACHE[cfg]
 
 
-def count(config_id: str, resolution: int) -> dict:
-    """GFLOPs/params of paper row `config_id` (paper scale, never a profile) at `resolution`."""
-    cfg = model_at_resolution(get_config(config_id).model, resolution)
-    return {"config": config_id, "resolution": resolution, **count_model(cfg)}
+def backbone(config_id: str, resolution: int, profile: str = "paper") -> ModelConfig:
+    """The model of row `config_id` as `profile` resolves it (paper: the paper-scale one) at `resolution`."""
+    return model_at_resolution(resolve(config_id, profile).model, resolution)
+
+
+def count(config_id: str, resolution: int, profile: str = "paper") -> dict:
+    """GFLOPs/params of row `config_id` at `resolution` (paper scale unless another profile is named)."""
+    cfg = backbone(config_id, resolution, profile)
+    return {"config": config_id, "resolution": resolution, "profile": profile, **count_model(cfg)}
 
 
 def _worker_init():
     torch.set_num_threads(1)
 
 
-def count_table(config_ids, resolutions, progress: bool = True, workers: int = 2) -> list[dict]:
+def count_table(config_ids, resolutions, progress: bool = True, workers: int = 2, profile: str = "paper") -> list[dict]:
     """All cells; distinct backbones are traced once each, in `workers` forked processes (tracing is
     single-threaded Python; the whole table takes about half as long on 2 cores)."""
     from tqdm import tqdm
 
-    cells = [(c, r, model_at_resolution(get_config(c).model, r)) for c in config_ids for r in resolutions]
+    cells = [(c, r, backbone(c, r, profile)) for c in config_ids for r in resolutions]
     todo = sorted({cfg for *_, cfg in cells if cfg not in _CACHE}, key=lambda m: -m.resolution)  # big ones first
     bar = tqdm(total=len(todo), desc="flops (backbones)", disable=not progress, file=sys.stderr)
     if workers > 1 and len(todo) > 1 and "fork" in mp.get_all_start_methods():
@@ -140,7 +157,7 @@ def count_table(config_ids, resolutions, progress: bool = True, workers: int = 2
             count_model(cfg)
             bar.update()
     bar.close()
-    return [{"config": c, "resolution": r, **count_model(cfg)} for c, r, cfg in cells]
+    return [{"config": c, "resolution": r, "profile": profile, **count_model(cfg)} for c, r, cfg in cells]
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -181,7 +198,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", nargs="+", default=list(TABLE1_ROWS), metavar="ID",
                    help=f"config IDs, or 'all' (default: the Table 1 rows). Valid: {', '.join(REGISTRY)}")
     p.add_argument("--resolutions", nargs="+", type=int, default=list(DEFAULT_RESOLUTIONS), metavar="R",
-                   help="powers of two >= 128 (default: 128 256 512)")
+                   help="powers of two >= 128, DiffiT from 64 (default: 128 256 512)")
+    p.add_argument("--profile", default="paper", choices=list(PROFILES),
+                   help="count the backbone this profile trains (default: paper, the paper-scale models)")
     p.add_argument("--format", choices=FORMATS, default="md")
     p.add_argument("--out", default=None, help="write here (atomically) instead of stdout")
     p.add_argument("--workers", type=int, default=2, help="processes tracing backbones in parallel (default 2)")
@@ -192,13 +211,17 @@ def main(args) -> int:
     try:
         for c in configs:
             get_config(c)
-        for r in args.resolutions:
-            check_resolution(r)
+        for c in configs:
+            for r in args.resolutions:
+                try:
+                    backbone(c, r, args.profile)
+                except ConfigError as e:
+                    raise ConfigError(f"config {c}: {e}") from None
     except ConfigError as e:
         print(f"hdit flops: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    rows = count_table(configs, args.resolutions, workers=args.workers)
+    rows = count_table(configs, args.resolutions, workers=args.workers, profile=args.profile)
     text = FORMATTERS[args.format](rows)
     if args.out:
         from hdit.io import write_text

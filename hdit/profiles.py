@@ -62,7 +62,7 @@ class Profile:
             widths=tuple(width(w) for w in m.widths),
             depths=tuple(self.depth(d) for d in m.depths),
             head_dim=head_dim,
-            patch_size=self.patch_size or m.patch_size,
+            patch_size=m.patch_size if m.family == "diffit" else (self.patch_size or m.patch_size),  # pixel tokens
             mapping_width=self.mapping_width or m.mapping_width,
             outer_width=width(m.outer_width),
             outer_depth=self.depth(m.outer_depth),

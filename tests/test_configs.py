@@ -10,10 +10,11 @@ from hdit.profiles import PROFILES, get_profile, resolve
 
 PAPER_IDS = ["R1", "R2", "R3", "R4", "A", "B1", "B2", "C", "D", "E", "skip-concat", "skip-add", "skip-lerp",
              "snr", "minsnr-g5", "minsnr-g4", "softminsnr-g4", "ffhq-1024", "imagenet-256"]
+DIFFIT_IDS = ["diffit-ffhq64", "diffit-ffhq64-1222", "diffit-cifar10", "diffit-cifar10-222", "diffit-imagenet128"]
 
 
 def test_registry_has_every_paper_row():
-    assert list(REGISTRY) == PAPER_IDS
+    assert list(REGISTRY) == PAPER_IDS + DIFFIT_IDS  # the paper's rows, then the DiffiT backbone (tests/test_diffit.py)
     assert set(TABLE1_ROWS) | set(TABLE2_ROWS) | set(TABLE5_ROWS) <= set(REGISTRY)
 
 

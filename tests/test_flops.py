@@ -43,7 +43,8 @@ def test_table1_gflops_match_paper(table1):
 
 def test_table1_keys_types_and_no_uncounted_matmuls(table1):
     for row in table1.values():
-        assert set(row) == {"config", "resolution", "gflops", "params", "unsupported_ops"}
+        assert set(row) == {"config", "resolution", "profile", "gflops", "params", "unsupported_ops"}
+        assert row["profile"] == "paper"
         assert isinstance(row["gflops"], float) and isinstance(row["params"], int)
         assert not [op for op in row["unsupported_ops"] if re.search(r"matmul|linear|mm|conv|attention|einsum", op)]
     assert table1["E", 128]["params"] == 117_003_805

@@ -67,6 +67,18 @@ def test_default_all_shares_identical_rows(tmp_path):
         assert counts[rule] == 1
 
 
+def test_diffit_table_dry_run_adds_one_run_and_two_flop_sets(tmp_path):
+    r = snakemake(tmp_path, "-n", "-p", "table_diffit")
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    assert counts["train"] == 3 and counts["sample"] == 3 and counts["fid"] == 3 and counts["count_flops"] == 2
+    assert {re.search(r"--config (\S+)", j)[1] for j in jobs(r.stdout, "train")} == {"E", "R2", "diffit-imagenet128"}
+    flops = " ".join(jobs(r.stdout, "count_flops"))
+    assert "--resolutions 128 --profile paper" in flops and "--resolutions 32 --profile default" in flops
+    assert "hdit report table diffit --profile default" in r.stdout
+    assert counts["table_diffit_files"] == 1
+
+
 def paper_config(tmp_path, **changes):
     """workflows/config/paper.yaml with its dataset paths pointed at small real folders (the DAG checks them
     when it is built) and `changes` applied to the top-level keys (None deletes a key)."""
@@ -178,6 +190,8 @@ def test_smoke_run_fig8_and_fig2(tmp_path):
     g = pd.read_csv(fig / "fig2.csv").set_index(["config", "resolution"]).gflops
     assert g["E", 128] == pytest.approx(31.37, abs=0.05) and g["R1", 128] == pytest.approx(106.4, abs=0.1)
     assert g["E", 1024] / g["R1", 1024] < 0.01  # paper Figure 2: < 1% of DiT's cost at megapixel scale
+    assert g["diffit-ffhq64", 64] == pytest.approx(32.21, abs=0.01)  # the third curve starts at 64 px
+    assert sorted(g["diffit-ffhq64"].index) == [64, 128, 1024]
     w = pd.read_csv(fig / "fig8.csv")
     assert w.gamma.unique().tolist() == [5.0] and w.min_snr.max() == pytest.approx(5.0)
     # finished results are not recomputed

@@ -2,7 +2,9 @@
 
   hdit report table 1 --profile default --metrics R1=PATH ... --flops FLOPS.json --out-dir results/tables
   hdit report table 3 --profile default --metrics small=PATH full=PATH --out-dir results/tables
-  hdit report figure fig2 --flops FLOPS.json --out results/figures/fig2
+  hdit report table diffit --profile default --metrics E=PATH R2=PATH diffit-imagenet128=PATH \
+      --flops PAPER.json TRAINED.json --out-dir results/tables
+  hdit report figure fig2 --flops FLOPS.json [DIFFIT.json] --out results/figures/fig2
   hdit report figure fig8 --out results/figures/fig8
   hdit report figure fig9 --metrics PATH ... --out results/figures/fig9
   hdit report figure scaling --bench B.json ... [--flops-csv F.csv] --out results/figures/scaling
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from hdit.configs import ConfigError
 
-TABLES = ("1", "2", "3", "4", "5")
+TABLES = ("1", "2", "3", "4", "5", "diffit")
 FIGURES = ("fig2", "fig8", "fig9", "scaling")
 
 
@@ -29,11 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--profile", required=True)
     t.add_argument("--metrics", nargs="+", required=True, metavar="KEY=PATH",
                    help="annotated metrics JSON per row (Table 3: small=, full=; Table 4: one PATH)")
-    t.add_argument("--flops", type=Path, help="FLOP counter JSON (Table 1)")
+    t.add_argument("--flops", type=Path, nargs="+", default=[],
+                   help="FLOP counter JSON (Table 1; table diffit: the paper-scale and the as-trained counts)")
     t.add_argument("--out-dir", type=Path, default=Path("results/tables"))
     f = sub.add_parser("figure", help="render results/figures/{fig2,fig8,fig9}.{png,pdf,csv}")
     f.add_argument("name", choices=FIGURES)
-    f.add_argument("--flops", type=Path, help="FLOP counter JSON (fig2)")
+    f.add_argument("--flops", type=Path, nargs="+", default=[], help="FLOP counter JSON, one or more (fig2)")
     f.add_argument("--metrics", nargs="+", type=Path, default=[], help="annotated metrics JSON per CFG scale (fig9)")
     f.add_argument("--gamma", type=float, default=5.0, help="fig8: min-SNR gamma (paper: 5)")
     f.add_argument("--bench", nargs="+", type=Path, default=[], help="bench JSON files (scaling)")
@@ -82,10 +85,11 @@ def _table(args) -> list[Path]:
         metrics = load_json(Path(args.metrics[0].partition("=")[2] or args.metrics[0]))
         return render.write(tables.table4(metrics, args.profile), args.out_dir)
     metrics = {k: load_json(p) for k, p in parse_pairs(args.metrics).items()}
-    if args.number == "1":
-        if args.flops is None:
-            raise ValueError("table 1 needs --flops FILE (the FLOP counter's JSON)")
-        table = tables.table1(metrics, load_json(args.flops), args.profile)
+    if args.number in ("1", "diffit"):
+        if not args.flops:
+            raise ValueError(f"table {args.number} needs --flops FILE ... (the FLOP counter's JSON)")
+        flops = [row for p in args.flops for row in load_json(p)]
+        table = (tables.table1 if args.number == "1" else tables.table_diffit)(metrics, flops, args.profile)
     else:
         table = {"2": tables.table2, "3": tables.table3, "5": tables.table5}[args.number](metrics, args.profile)
     return render.write(table, args.out_dir)
@@ -96,9 +100,9 @@ def _figure(args) -> list[Path]:
     from hdit.reference import paper_values
 
     if args.name == "fig2":
-        if args.flops is None:
-            raise ValueError("fig2 needs --flops FILE")
-        return figures.fig2(load_json(args.flops), args.out)
+        if not args.flops:
+            raise ValueError("fig2 needs --flops FILE ...")
+        return figures.fig2([row for p in args.flops for row in load_json(p)], args.out)
     if args.name == "fig8":
         return figures.fig8(args.out, gamma=args.gamma)
     if args.name == "fig9":

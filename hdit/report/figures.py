@@ -1,6 +1,7 @@
 """Figures 2, 8 and 9: PNG + PDF + the CSV behind each, in results/figures/.
 
-Figure 2: GFLOPs vs resolution, HDiT (step E) vs DiT-B/4 in pixel space, from the FLOP counter.
+Figure 2: GFLOPs vs resolution, HDiT (step E) vs DiT-B/4 in pixel space, from the FLOP counter, plus a
+third curve: image-space DiffiT (default FFHQ-64 layout, from 64 px), with each curve's complexity slope.
 Figure 8: min-SNR vs soft-min-SNR loss weight over sigma (gamma = 5), from the trainer's own weighting.
 Figure 9: IS vs FID over classifier-free guidance scales for the ImageNet-256 config.
 """
@@ -16,8 +17,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hdit import io  # noqa: E402
+from hdit.report.tables import complexity, gflops_slope  # noqa: E402
 
-FIG2_CONFIGS = {"E": "HDiT-B/4 (ours, step E)", "R1": "DiT-B/4"}
+FIG2_CONFIGS = {"E": "HDiT-B/4 (ours, step E)", "R1": "DiT-B/4", "diffit-ffhq64": "DiffiT (image space, L = 4)"}
 
 
 def save(fig, df: pd.DataFrame, out_prefix: str | Path) -> list[Path]:
@@ -34,10 +36,22 @@ def save(fig, df: pd.DataFrame, out_prefix: str | Path) -> list[Path]:
 def fig2_frame(flops: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame([{"config": f["config"], "model": FIG2_CONFIGS[f["config"]], "resolution": int(f["resolution"]),
                         "gflops": float(f["gflops"]), "params": f.get("params")}
-                       for f in flops if f["config"] in FIG2_CONFIGS])
+                       for f in flops if f["config"] in FIG2_CONFIGS and f.get("profile", "paper") == "paper"])
     if df.empty:
         raise ValueError(f"no FLOP counts for {list(FIG2_CONFIGS)} in the FLOP JSON")
-    return df.sort_values(["config", "resolution"]).reset_index(drop=True)
+    df = df.sort_values(["config", "resolution"]).reset_index(drop=True)
+    slopes = {c: top_slope(d) for c, d in df.groupby("config")}
+    df["complexity_slope"] = df.config.map(slopes)
+    df["complexity"] = df.complexity_slope.map(complexity)
+    return df
+
+
+def top_slope(d: pd.DataFrame) -> float:
+    """d log(GFLOPs) / d log(pixel count) between a curve's two highest resolutions (its asymptotic class)."""
+    if len(d) < 2:
+        return float("nan")
+    lo, hi = d.sort_values("resolution").iloc[-2:].itertuples()
+    return gflops_slope(lo.gflops, hi.gflops, lo.resolution, hi.resolution)
 
 
 def fig2(flops: list[dict], out_prefix: str | Path, annotate_at: int = 1024) -> list[Path]:
@@ -46,7 +60,9 @@ def fig2(flops: list[dict], out_prefix: str | Path, annotate_at: int = 1024) -> 
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for cid, label in FIG2_CONFIGS.items():
         d = df[df.config == cid]
-        ax.plot(d.resolution, d.gflops, marker="o", label=label)
+        if len(d):
+            slope = d.complexity_slope.iloc[0]
+            ax.plot(d.resolution, d.gflops, marker="o", label=f"{label}: slope {slope:.2f}, {complexity(slope)}")
     at = df[df.resolution == annotate_at].set_index("config").gflops
     if {"E", "R1"} <= set(at.index):
         ratio = at["E"] / at["R1"]

@@ -37,8 +37,8 @@ class Table:
 
     @property
     def label(self) -> str:
-        """'table1' -> 'Table 1'."""
-        return re.sub(r"^table", "Table ", self.name)
+        """'table1' -> 'Table 1', 'table_diffit' -> 'Table diffit'."""
+        return re.sub(r"^table_?", "Table ", self.name)
 
 
 def _missing(value) -> bool:

@@ -80,7 +80,7 @@ def load_flops(flops_csv) -> pd.DataFrame | None:
         raise ValueError(f"{flops_csv}: FLOP CSV lacks columns {sorted(missing)} (expected config,resolution,gflops)")
     df = df[["config", "resolution", "gflops"]].copy()
     df["family"] = df.config.map(_family)
-    return df
+    return df[df.family.isin(FAMILY_LABEL)]  # fig2.csv's DiffiT curve has no benchmark beside it
 
 
 def ratios(meas: pd.DataFrame, flops: pd.DataFrame | None) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Tables 1-5 as DataFrames: measured value, the paper's value, delta, and the scale it was measured at.
+"""Tables 1-5 and the DiffiT comparison as DataFrames: measured value, the paper's value, delta, and the
+scale it was measured at.
 
 Inputs are the files the workflow writes: annotated metrics JSON (`hdit.report.annotate`) keyed by
 paper row, and the FLOP counter's JSON (paper scale). Paper values come only from `hdit.reference`.
@@ -10,7 +11,7 @@ import math
 
 import pandas as pd
 
-from hdit.configs import TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, get_config
+from hdit.configs import TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, TABLE_DIFFIT_ROWS, get_config
 from hdit.profiles import Profile, get_profile, resolve
 from hdit.reference import paper_values
 from hdit.report.render import Column, Table
@@ -123,7 +124,7 @@ def table1(metrics: dict[str, dict], flops: list[dict], profile: Profile | str) 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     paper = paper_values()["table1"]
     need(metrics, TABLE1_ROWS)
-    counted = {(f["config"], int(f["resolution"])): f for f in flops}
+    counted = {(f["config"], int(f["resolution"])): f for f in flops if f.get("profile", "paper") == "paper"}
     rows = []
     for row in TABLE1_ROWS:
         missing = [r for r in TABLE1_RESOLUTIONS if (row, r) not in counted]
@@ -245,3 +246,67 @@ def table4(metrics: dict, profile: Profile | str) -> Table:
              "Our row: params of the model as trained under the profile; samples seen = training steps x batch "
              "size; steps = sampler steps, no classifier-free guidance (w = 1)."]
     return Table("table4", _caption("ImageNet-256 without guidance.", profile), df, display, notes)
+
+
+# ----------------------------------------------------------------------------- DiffiT beside E and DiT-B/4
+
+BACKBONES = {"hdit": "HDiT", "dit": "DiT-B/4", "diffit": "DiffiT (image space)"}
+DIFFIT_PAPER_RES = 128  # Table 1's resolution: the paper-scale GFLOP column
+
+
+def _counted(flops: list[dict], row: str, resolution: int, profile: str) -> dict:
+    for f in flops:
+        if (f["config"], int(f["resolution"]), f.get("profile", "paper")) == (row, resolution, profile):
+            return f
+    raise ValueError(f"FLOP count of {row} at {resolution} px under profile {profile!r} is missing from the FLOP "
+                     f"JSON (`hdit flops --configs {row} --resolutions {resolution} --profile {profile}`)")
+
+
+def _diffit_row(row: str, m: dict, flops: list[dict], profile: Profile) -> dict:
+    run, paper = resolve(row, profile.name), paper_values()["table1"].get(row, {})
+    trained = _counted(flops, row, run.model.resolution, profile.name)
+    at_paper = _counted(flops, row, DIFFIT_PAPER_RES, "paper")
+    train = m.get("train") or {}
+    steps, batch = train.get("steps"), train.get("batch_size")
+    compute = 3 * trained["gflops"] * steps * batch / 1e3 if steps and batch else float("nan")
+    return {"row": row, "backbone": BACKBONES[run.model.family], "title": get_config(row).title,
+            **_fid_columns(profile, row, m, paper.get("fid")),
+            "params_trained": train.get("params", trained["params"]), "gflops_trained": trained["gflops"],
+            "train_tmac": compute, "train_wall_s": _num(train.get("wall_time_s")), "train_device": train.get("device"),
+            "weighting": run.train.weighting, f"gflops_{DIFFIT_PAPER_RES}": at_paper["gflops"],
+            f"params_{DIFFIT_PAPER_RES}": at_paper["params"],
+            f"paper_gflops_{DIFFIT_PAPER_RES}": _num(paper.get(f"gflops_{DIFFIT_PAPER_RES}"))}
+
+
+def table_diffit(metrics: dict[str, dict], flops: list[dict], profile: Profile | str) -> Table:
+    """DiffiT (image space) beside HDiT step E and DiT-B/4 (R2), trained by the same harness under one profile.
+
+    `flops` holds two sets of counts: each row's backbone as the profile trains it (at its training
+    resolution) and the paper-scale one at 128 px (`hdit flops --profile ...`)."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    need(metrics, TABLE_DIFFIT_ROWS)
+    df = pd.DataFrame([_diffit_row(r, metrics[r], flops, profile) for r in TABLE_DIFFIT_ROWS])
+    res = DIFFIT_PAPER_RES
+    display = [Column("row", "Row"), Column("backbone", "Backbone"), *FID_DISPLAY,
+               Column("params_trained", "Params (trained)", "{:,d}"),
+               Column("gflops_trained", "GFLOP (trained)", "{:.3f}"),
+               Column("train_tmac", "Train TMAC", "{:.1f}"), Column("train_wall_s", "Train wall (s)", "{:.0f}"),
+               Column(f"gflops_{res}", f"GFLOP@{res} (paper scale)", "{:.2f}"),
+               Column(f"params_{res}", f"Params@{res} (paper scale)", "{:,d}"), *TAIL_DISPLAY]
+    notes = [_protocol_note(profile, "Table 1's FID-50k on ImageNet-128 after 400k steps at batch 256 (E, R2); "
+                                     "the DiffiT paper reports no number in this setting"),
+             "Matched compute: the three backbones train for the same steps x batch with the same EDM trainer "
+             "(preconditioning, interpolated-cosine sigma density, class dropout 0.1), sample with the same "
+             "DPM++(3M) SDE steps and are scored by the same FID protocol; only the per-forward cost differs, "
+             "shown in GFLOP (trained).",
+             "E and DiffiT share E's training recipe (soft-min-SNR, gamma 4), so they differ only in the backbone; "
+             "R2 is Table 1's DiT-B/4 in the same trainer, with SNR weighting and DiT's optimiser (paper footnote 3).",
+             "GFLOPs: `hdit flops` (fvcore, 1 FLOP = 1 multiply-accumulate, forward, batch 1, attention included). "
+             f"GFLOP (trained): the backbone the profile trains, at its training resolution; GFLOP@{res}: the "
+             f"paper-scale backbone at {res} px (DiffiT: the FFHQ-64 layout with L = 4, class-conditional). "
+             "Train TMAC ~ 3 x GFLOP (trained) x steps x batch (backward ~ 2 forwards).",
+             "Train wall: seconds of the training job on its device (train_device in the CSV), with whatever else "
+             "ran on the machine at the time; compare it across rows of one workflow run only.",
+             *_sharing_note(TABLE_DIFFIT_ROWS, profile)]
+    return Table("table_diffit", _caption("DiffiT (image space) beside HDiT (step E) and DiT-B/4 at matched "
+                                          "training compute.", profile), df, display, notes)

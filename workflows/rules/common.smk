@@ -14,7 +14,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
-from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, ConfigError
+from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, TABLE_DIFFIT_ROWS, ConfigError
 from hdit.profiles import get_profile, resolve
 from hdit.report.runs import training_run
 
@@ -68,9 +68,25 @@ TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
 LOGS = f"{RES}/logs/{P}"
 
+FIG2_DIFFIT = "diffit-ffhq64"  # Figure 2's third curve: image-space DiffiT, default (L = 4) layout
+
+
+def trained_resolution(config_ids):
+    """The one resolution the rows train at under the profile (their as-trained GFLOPs are counted there)."""
+    res = {resolve(c, P).model.resolution for c in config_ids}
+    if len(res) != 1:
+        raise WorkflowError(f"rows {list(config_ids)} train at different resolutions {sorted(res)} under profile {P!r}")
+    return res.pop()
+
+
+# name -> (config IDs, resolutions, profile whose backbones are counted)
 FLOP_SETS = {
-    "table1": (TABLE1_ROWS, (128, 256, 512)),  # the paper's Table 1 columns
-    "fig2": (("E", "R1"), tuple(config["fig2_resolutions"])),  # HDiT-B/4 (step E) vs DiT-B/4
+    "table1": (TABLE1_ROWS, (128, 256, 512), "paper"),  # the paper's Table 1 columns
+    "fig2": (("E", "R1"), tuple(config["fig2_resolutions"]), "paper"),  # HDiT-B/4 (step E) vs DiT-B/4
+    # DiffiT from its native 64 px up to the figure's largest resolution (counted on meta tensors: it fits)
+    "fig2-diffit": ((FIG2_DIFFIT,), tuple(sorted({64, *config["fig2_resolutions"]})), "paper"),
+    "table_diffit": (TABLE_DIFFIT_ROWS, (128,), "paper"),  # paper-scale column at Table 1's 128 px
+    "table_diffit-trained": (TABLE_DIFFIT_ROWS, (trained_resolution(TABLE_DIFFIT_ROWS),), P),  # as trained
 }
 
 # measured throughput vs FLOPs (hdit.report.scaling) from the committed benchmark JSON, when both exist

@@ -1,4 +1,5 @@
-# Tables 1-5 and Figures 2, 8, 9 (results/tables, results/figures): measured beside the paper's values.
+# Tables 1-5, the DiffiT table and Figures 2, 8, 9 (results/tables, results/figures): measured beside the
+# paper's values.
 
 
 rule table1_files:
@@ -88,9 +89,29 @@ rule table5_files:
         "hdit report table 5 --profile {params.profile} --metrics {params.pairs} --out-dir {params.out} > {log} 2>&1"
 
 
+rule table_diffit_files:
+    input:
+        metrics=[metrics_file(c) for c in TABLE_DIFFIT_ROWS],
+        flops=[FLOPS.format(name="table_diffit"), FLOPS.format(name="table_diffit-trained")],
+    output:
+        table_files("_diffit"),
+    params:
+        pairs=metrics_pairs(TABLE_DIFFIT_ROWS),
+        profile=P,
+        out=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{LOGS}/report/table_diffit.log",
+    conda:
+        "../envs/hdit.yaml"
+    shell:
+        "hdit report table diffit --profile {params.profile} --metrics {params.pairs} --flops {input.flops} "
+        "--out-dir {params.out} > {log} 2>&1"
+
+
 rule fig2_files:
     input:
         FLOPS.format(name="fig2"),
+        FLOPS.format(name="fig2-diffit"),
     output:
         figure_files("fig2"),
     params:
