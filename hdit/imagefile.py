@@ -40,9 +40,10 @@ def list_images(root: str | os.PathLike) -> list[Path]:
 
 def check_mode(im, path) -> None:
     if im.mode not in RGB_MODES:
-        raise ImageFileError(f"{path}: image mode {im.mode!r} ({len(im.getbands())} channels); expected 8-bit RGB "
-                             f"or greyscale ({', '.join(RGB_MODES)}): convert it, dropping alpha / high bit depth "
-                             "deliberately")
+        bands = len(im.getbands())
+        raise ImageFileError(f"{path}: image mode {im.mode!r} ({bands} channel{'s' * (bands != 1)}); expected "
+                             f"8-bit RGB or greyscale ({', '.join(RGB_MODES)}): convert it, dropping alpha / high bit "
+                             "depth deliberately")
     if "transparency" in im.info:
         raise ImageFileError(f"{path}: image mode {im.mode!r} with a transparent colour; expected an opaque image")
     if min(im.size) < MIN_SIDE:

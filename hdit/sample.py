@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import sys
 from pathlib import Path
 
@@ -156,14 +157,14 @@ def check_batch(x: torch.Tensor, peak: float, where: str) -> None:
 def check_request(n: int, steps: int | None, cfg_scale: float | None, seed: int, batch_size: int) -> None:
     """The values a user passes, before anything is read or built."""
     for name, v in (("n", n), ("batch-size", batch_size)):
-        if not isinstance(v, int) or v < 1:
+        if not isinstance(v, numbers.Integral) or v < 1:
             raise SampleError(f"--{name} {v}; expected a positive integer")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
+    if steps is not None and (not isinstance(steps, numbers.Integral) or steps < 1):
         raise SampleError(f"--steps {steps}; expected >= 1")
     if cfg_scale is not None and not (math.isfinite(cfg_scale) and cfg_scale >= 0):
         raise SampleError(f"--cfg-scale {cfg_scale}; expected a finite number >= 0 (1 = no guidance, the paper's "
                           "Figure 9 uses 1-4)")
-    if not isinstance(seed, int) or seed < 0:
+    if not isinstance(seed, numbers.Integral) or seed < 0:
         raise SampleError(f"--seed {seed}; expected an integer >= 0")
 
 

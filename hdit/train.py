@@ -42,11 +42,11 @@ from tqdm.auto import tqdm
 
 from hdit import io, rundir
 from hdit.configs import RunConfig
-from hdit.errors import HarnessError, error_text
-from hdit.integrity import write_record
 from hdit.data.augment import non_leaky_augment
 from hdit.diffusion import Denoiser, sample_sigma
 from hdit.ema import ema_decay, ema_update
+from hdit.errors import HarnessError, error_text
+from hdit.integrity import write_record
 from hdit.provenance import provenance
 from hdit.runlock import RunLock
 

@@ -3,8 +3,9 @@
 Preprocessing follows ADM / DiT's `center_crop_arr`: halve the image with a BOX filter while its short
 side is >= 2 * size, resize with BICUBIC so the short side equals `size`, centre-crop to size x size.
 Which files count and which images are accepted (mode, bit depth, size, no hidden files) follow the rules
-shared with the FID inputs (`hdit.imagefile`). Images become float32 CHW in [-1, 1]. Augmentation (horizontal flips only, off by default) is applied
-by the training batch stream (`hdit.data.BatchStream`), not here.
+shared with the FID inputs (`hdit.imagefile`). Images become float32 CHW in [-1, 1]. Augmentation
+(horizontal flips only, off by default) is applied by the training batch stream (`hdit.data.BatchStream`),
+not here.
 """
 from __future__ import annotations
 
