@@ -183,22 +183,22 @@ class Upsample(nn.Sequential):
         super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), Conv2d(ch, ch, 3, padding=1))
 
 
-def check_config(cfg: ModelConfig) -> None:
+def check_config(config: ModelConfig) -> None:
     """The config values this model can build, with errors naming the bad value."""
     problems = []
-    if cfg.family != "diffit":
-        problems.append(f"family={cfg.family!r} (expected 'diffit')")
-    if set(cfg.attention) != {"window"}:
-        problems.append(f"attention={cfg.attention} (expected 'window' at every level)")
-    if cfg.skip != "concat":
-        problems.append(f"skip={cfg.skip!r} (expected 'concat': the U-Net skip of Table S.3)")
-    if cfg.patch_size != 1:
-        problems.append(f"patch_size={cfg.patch_size} (expected 1: image-space DiffiT tokenizes every pixel)")
-    if cfg.window_size < 1 or cfg.window_size & (cfg.window_size - 1):
-        problems.append(f"window_size={cfg.window_size} (expected a power of two)")
-    if cfg.resolution % 2 ** (len(cfg.widths) - 1):
-        problems.append(f"resolution={cfg.resolution} (expected a multiple of {2 ** (len(cfg.widths) - 1)} "
-                        f"for {len(cfg.widths)} levels)")
+    if config.family != "diffit":
+        problems.append(f"family={config.family!r} (expected 'diffit')")
+    if set(config.attention) != {"window"}:
+        problems.append(f"attention={config.attention} (expected 'window' at every level)")
+    if config.skip != "concat":
+        problems.append(f"skip={config.skip!r} (expected 'concat': the U-Net skip of Table S.3)")
+    if config.patch_size != 1:
+        problems.append(f"patch_size={config.patch_size} (expected 1: image-space DiffiT tokenizes every pixel)")
+    if config.window_size < 1 or config.window_size & (config.window_size - 1):
+        problems.append(f"window_size={config.window_size} (expected a power of two)")
+    if config.resolution % 2 ** (len(config.widths) - 1):
+        problems.append(f"resolution={config.resolution} (expected a multiple of {2 ** (len(config.widths) - 1)} "
+                        f"for {len(config.widths)} levels)")
     if problems:
         raise ConfigError("DiffiT cannot build " + "; ".join(problems))
 
@@ -206,22 +206,22 @@ def check_config(cfg: ModelConfig) -> None:
 class DiffiT(nn.Module):
     """Image-space DiffiT: forward(x, noise_cond, class_labels=None) per docs/ARCHITECTURE.md."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        check_config(cfg)
-        self.cfg = cfg
-        widths, heads, tw = cfg.widths, cfg.heads, cfg.mapping_width
+        check_config(config)
+        self.config = config
+        widths, heads, tw = config.widths, config.heads, config.mapping_width
         self.t_embedder = TimestepEmbedder(tw)
-        self.y_embedder = LabelEmbedder(cfg.num_classes, tw) if cfg.num_classes else None
-        self.tokenizer = Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+        self.y_embedder = LabelEmbedder(config.num_classes, tw) if config.num_classes else None
+        self.tokenizer = Conv2d(config.in_channels, widths[0], 3, padding=1)
         self.down = nn.ModuleList(Downsample(widths[i - 1]) for i in range(1, len(widths)))
-        self.encoder = nn.ModuleList(Level(widths[max(i - 1, 0)], widths[i], cfg.depths[i], heads[i],
-                                           cfg.window_size, tw) for i in range(len(widths)))
+        self.encoder = nn.ModuleList(Level(widths[max(i - 1, 0)], widths[i], config.depths[i], heads[i],
+                                           config.window_size, tw) for i in range(len(widths)))
         self.up = nn.ModuleList(Upsample(widths[i + 1]) for i in range(len(widths) - 1))
-        self.decoder = nn.ModuleList(Level(widths[i + 1] + widths[i], widths[i], cfg.depths[i], heads[i],
-                                           cfg.window_size, tw) for i in range(len(widths) - 1))
+        self.decoder = nn.ModuleList(Level(widths[i + 1] + widths[i], widths[i], config.depths[i], heads[i],
+                                           config.window_size, tw) for i in range(len(widths) - 1))
         self.head = nn.Sequential(group_norm(widths[0]), nn.SiLU(),
-                                  Conv2d(widths[0], cfg.out_channels, 3, padding=1))
+                                  Conv2d(widths[0], config.out_channels, 3, padding=1))
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -240,7 +240,7 @@ class DiffiT(nn.Module):
         x_t = self.t_embedder(noise_cond.reshape(-1).expand(batch))
         if self.y_embedder is not None:
             if class_labels is None:
-                class_labels = torch.full([batch], self.cfg.num_classes, dtype=torch.long, device=device)
+                class_labels = torch.full([batch], self.config.num_classes, dtype=torch.long, device=device)
             x_t = x_t + self.y_embedder(class_labels)
         return x_t
 

@@ -108,20 +108,20 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        if cfg.family != "dit" or len(cfg.widths) != 1 or cfg.resolution % cfg.patch_size:
+        if config.family != "dit" or len(config.widths) != 1 or config.resolution % config.patch_size:
             raise ConfigError(f"DiT needs family 'dit', one level and resolution divisible by the patch; got "
-                              f"family={cfg.family!r}, widths={cfg.widths}, resolution={cfg.resolution}")
-        self.cfg = cfg
-        hidden, self.p, self.out_channels = cfg.widths[0], cfg.patch_size, cfg.out_channels
-        self.grid = cfg.resolution // cfg.patch_size
-        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, hidden)
+                              f"family={config.family!r}, widths={config.widths}, resolution={config.resolution}")
+        self.config = config
+        hidden, self.p, self.out_channels = config.widths[0], config.patch_size, config.out_channels
+        self.grid = config.resolution // config.patch_size
+        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, hidden)
         self.t_embedder = TimestepEmbedder(hidden)
-        self.y_embedder = LabelEmbedder(cfg.num_classes, hidden) if cfg.num_classes else None
+        self.y_embedder = LabelEmbedder(config.num_classes, hidden) if config.num_classes else None
         self.register_buffer("pos_embed", sincos_2d(self.grid, self.grid, hidden)[None])  # fixed, not trained
-        self.blocks = nn.ModuleList(DiTBlock(hidden, cfg.heads[0]) for _ in range(cfg.depths[0]))
-        self.final_layer = FinalLayer(hidden, cfg.patch_size, self.out_channels)
+        self.blocks = nn.ModuleList(DiTBlock(hidden, config.heads[0]) for _ in range(config.depths[0]))
+        self.final_layer = FinalLayer(hidden, config.patch_size, self.out_channels)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -150,7 +150,7 @@ class DiT(nn.Module):
         c = self.t_embedder(noise_cond)
         if self.y_embedder is not None:
             if class_labels is None:
-                class_labels = torch.full([x.shape[0]], self.cfg.num_classes, dtype=torch.long, device=x.device)
+                class_labels = torch.full([x.shape[0]], self.config.num_classes, dtype=torch.long, device=x.device)
             c = c + self.y_embedder(class_labels)
         for block in self.blocks:
             x = block(x, c)

@@ -21,6 +21,7 @@ import copy
 import ctypes
 import functools
 import gc
+import itertools
 import statistics
 import sys
 import time
@@ -31,9 +32,10 @@ import torch
 
 from hdit import io
 from hdit.configs import ConfigError
-from hdit.diffusion import Denoiser, cfg_denoiser, sample, sigma_from_u
+from hdit.diffusion import Denoiser, cfg_denoiser, sample
 from hdit.profiles import resolve
 from hdit.provenance import device_slug, provenance
+from hdit.step import TrainStep, autocast_args, make_optimizer
 
 SUITES = ("train", "forward", "scaling", "sample")
 MODEL_LABELS = {"hdit": "HDiT", "dit": "DiT-B/4", "diffit": "DiffiT"}
@@ -187,7 +189,7 @@ class Bench:
 
 def build(b: Bench, config_id: str, resolution: int):
     """(run config, model at `resolution`, the model to call: compiled or not)."""
-    from hdit.model import build_model
+    from hdit.backbones import build_model
 
     run = resolve(config_id, b.plan.scale)
     run = replace(run, model=run.model.at_resolution(resolution))
@@ -212,30 +214,20 @@ def inputs(run, batch: int, device):
 
 
 def train_step_fn(b: Bench, run, model, net, batch: int):
-    """One training step as the trainer should run it on a GPU: no host sync anywhere in it."""
-    t, m, dev = run.train, run.model, b.device
-    denoiser = Denoiser.for_run(run, net)
-    opt = torch.optim.AdamW(model.param_groups(t.lr, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps,
-                            fused=dev.type == "cuda")
+    """The trainer's own step (`hdit.step.TrainStep`: class dropout, σ draw, loss, AdamW, EMA with warm-up) on a
+    fixed synthetic batch already on the device, so the img/s measured is that of `hdit train`'s step."""
+    m, dev = run.model, b.device
     ema = copy.deepcopy(model).requires_grad_(False)
-    params, ema_params = list(model.parameters()), list(ema.parameters())
+    gen = torch.Generator(dev).manual_seed(0)
+    train_step = TrainStep(run, model, net, ema, make_optimizer(model, run), gen,
+                           autocast_args(dev, run.train.precision))
     x0 = torch.rand(batch, m.in_channels, m.resolution, m.resolution, device=dev) * 2 - 1
     labels = torch.randint(0, m.num_classes, [batch], device=dev) if m.num_classes else None
-    offsets = torch.arange(batch, device=dev, dtype=torch.float32)
+    steps = itertools.count()
     model.train()
 
     def step():
-        u = (offsets + torch.rand(batch, device=dev)) / batch  # stratified over the batch
-        sigma = sigma_from_u(u, m.resolution, t.sigma_min, t.sigma_max, t.sigma_data)
-        y = labels
-        if y is not None:  # class dropout to the null class
-            y = torch.where(torch.rand(batch, device=dev) < t.cond_dropout, m.num_classes, labels)
-        with b.amp:
-            loss = denoiser.loss(x0, torch.randn_like(x0), sigma, y, t.weighting, t.gamma).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch._foreach_lerp_(ema_params, params, 1 - t.ema_decay)  # EMA in one launch (warm-up: same cost)
+        train_step(x0, labels, next(steps))
 
     return step
 

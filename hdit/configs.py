@@ -8,6 +8,7 @@ embedded CPU default; the `paper` profile uses them unchanged (Table 6).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -204,6 +205,20 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def training_identity(self) -> dict:
+        """What makes two trainings the same run: model, training and data settings, without the row's names and
+        sampler, and without the step count where a run can be extended (a constant lr; a decaying schedule is
+        a function of the step count). Used by the trainer (resume), the workflow and the reports alike."""
+        d = self.to_dict()
+        train = d["train"] if self.train.lr_schedule != "constant" else {
+            k: v for k, v in d["train"].items() if k != "steps"}
+        return {"model": d["model"], "train": train, "data": d["data"]}
+
+    def training_key(self) -> str:
+        """A short hash of `training_identity` (recorded in config.json and done.json)."""
+        blob = json.dumps(self.training_identity(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         """JSON-shaped (tuples as lists): equal to what config.json / metrics JSON store, so the two compare."""

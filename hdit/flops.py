@@ -40,9 +40,9 @@ FORMATS = ("md", "json", "csv")
 _MATMUL_LIKE = re.compile(r"matmul|linear|mm|conv|attention|einsum|natten|na2d|flex", re.IGNORECASE)
 
 
-def model_at_resolution(cfg: ModelConfig, resolution: int) -> ModelConfig:
+def model_at_resolution(model_config: ModelConfig, resolution: int) -> ModelConfig:
     """The backbone the paper counts at `resolution` (ConfigError naming it if the family cannot run there)."""
-    return cfg.at_resolution(resolution)
+    return model_config.at_resolution(resolution)
 
 
 # --- fvcore handles --------------------------------------------------------------------------
@@ -100,13 +100,13 @@ class _Call(torch.nn.Module):
 _CACHE: dict[ModelConfig, dict] = {}  # many rows share a backbone (C/D/E, R3/R4, ...)
 
 
-def _trace_count(cfg: ModelConfig) -> dict:
-    from hdit.model import build_model
+def _trace_count(model_config: ModelConfig) -> dict:
+    from hdit.backbones import build_model
 
     with torch.device("meta"):
-        model = build_model(cfg).eval()
-        x = torch.zeros(1, cfg.in_channels, cfg.resolution, cfg.resolution)
-        inputs = (x, torch.zeros(1)) + ((torch.zeros(1, dtype=torch.long),) if cfg.num_classes else ())
+        model = build_model(model_config).eval()
+        x = torch.zeros(1, model_config.in_channels, model_config.resolution, model_config.resolution)
+        inputs = (x, torch.zeros(1)) + ((torch.zeros(1, dtype=torch.long),) if model_config.num_classes else ())
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fca = _analysis(_Call(model), inputs)
     total = fca.total()
@@ -117,11 +117,11 @@ def _trace_count(cfg: ModelConfig) -> dict:
     return {"gflops": total / 1e9, "params": params, "unsupported_ops": unsupported}
 
 
-def count_model(cfg: ModelConfig) -> dict:
+def count_model(model_config: ModelConfig) -> dict:
     """{"gflops", "params", "unsupported_ops"} of a backbone; built and traced on the meta device."""
-    if cfg not in _CACHE:
-        _CACHE[cfg] = _trace_count(cfg)
-    return _CACHE[cfg]
+    if model_config not in _CACHE:
+        _CACHE[model_config] = _trace_count(model_config)
+    return _CACHE[model_config]
 
 
 def backbone(config_id: str, resolution: int, profile: str = "paper") -> ModelConfig:
@@ -131,8 +131,8 @@ def backbone(config_id: str, resolution: int, profile: str = "paper") -> ModelCo
 
 def count(config_id: str, resolution: int, profile: str = "paper") -> dict:
     """GFLOPs/params of row `config_id` at `resolution` (paper scale unless another profile is named)."""
-    cfg = backbone(config_id, resolution, profile)
-    return {"config": config_id, "resolution": resolution, "profile": profile, **count_model(cfg)}
+    model_config = backbone(config_id, resolution, profile)
+    return {"config": config_id, "resolution": resolution, "profile": profile, **count_model(model_config)}
 
 
 def _worker_init():
@@ -145,19 +145,19 @@ def count_table(config_ids, resolutions, progress: bool = True, workers: int = 2
     from tqdm import tqdm
 
     cells = [(c, r, backbone(c, r, profile)) for c in config_ids for r in resolutions]
-    todo = sorted({cfg for *_, cfg in cells if cfg not in _CACHE}, key=lambda m: -m.resolution)  # big ones first
+    todo = sorted({model_config for *_, model_config in cells if model_config not in _CACHE}, key=lambda m: -m.resolution)  # big ones first
     bar = tqdm(total=len(todo), desc="flops (backbones)", disable=not progress, file=sys.stderr)
     if workers > 1 and len(todo) > 1 and "fork" in mp.get_all_start_methods():
         with mp.get_context("fork").Pool(min(workers, len(todo)), initializer=_worker_init) as pool:
-            for cfg, result in zip(todo, pool.imap(_trace_count, todo)):
-                _CACHE[cfg] = result
+            for model_config, result in zip(todo, pool.imap(_trace_count, todo)):
+                _CACHE[model_config] = result
                 bar.update()
-    for cfg in todo:  # serial path (workers=1, or no fork on this platform)
-        if cfg not in _CACHE:
-            count_model(cfg)
+    for model_config in todo:  # serial path (workers=1, or no fork on this platform)
+        if model_config not in _CACHE:
+            count_model(model_config)
             bar.update()
     bar.close()
-    return [{"config": c, "resolution": r, "profile": profile, **count_model(cfg)} for c, r, cfg in cells]
+    return [{"config": c, "resolution": r, "profile": profile, **count_model(model_config)} for c, r, model_config in cells]
 
 
 # --- output ----------------------------------------------------------------------------------

@@ -55,11 +55,11 @@ def load_checkpoint(run_dir, **load_kw) -> dict:
 
 
 def comparable(d: dict) -> dict:
-    """A RunConfig dict as stored in JSON, without the step count when the run can be extended (a constant lr;
-    a decaying schedule is a function of the step count, so a longer run is another run)."""
-    if d["train"].get("lr_schedule", "constant") != "constant":
-        return d
-    return {**d, "train": {k: v for k, v in d["train"].items() if k != "steps"}}
+    """The training identity of a stored RunConfig dict (`RunConfig.training_identity`: the one definition of
+    "the same run" that the trainer, the workflow and the reports use)."""
+    from hdit.configs import RunConfig
+
+    return RunConfig.from_dict(d).training_identity()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

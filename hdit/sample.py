@@ -36,6 +36,7 @@ from hdit.configs import ConfigError, RunConfig
 from hdit.errors import HarnessError, error_text
 from hdit.integrity import damaged, read_record, write_record
 from hdit.provenance import provenance
+from hdit.step import autocast_args
 from hdit.runlock import RunLock
 
 DIVERGED_LIMIT = 1e3  # |network output| or |sample| beyond this: diverged weights (see the module docstring)
@@ -67,7 +68,7 @@ def read_run(run_dir) -> tuple[RunConfig, dict]:
 def load_run(run_dir, device="cpu") -> tuple[RunConfig, dict, torch.nn.Module]:
     """(RunConfig, config.json record, EMA model in eval mode) of a run directory; the checkpoint is verified
     and must hold the run config.json describes."""
-    from hdit.model import build_model
+    from hdit.backbones import build_model
 
     run, record = read_run(run_dir)
     ckpt = rundir.load_checkpoint(run_dir, mmap=True)
@@ -92,12 +93,10 @@ def sample_batch(run: RunConfig, model, n: int, steps: int, cfg_scale: float, ge
                  device, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n samples (float, nominally [-1, 1], not clamped: `check_batch` looks at the raw values) and their labels;
     labels first, then all noise, from `generator`."""
-    m, t = run.model, run.train
+    m, train = run.model, run.train
     labels = torch.randint(0, m.num_classes, (n,), generator=generator, device=device) if m.num_classes else None
     shape = (n, m.in_channels, run.data.resolution, run.data.resolution)
-    amp = dict(device_type=torch.device(device).type, dtype=torch.bfloat16,
-               enabled=torch.device(device).type == "cuda" and t.precision == "bf16")
-    with torch.no_grad(), torch.autocast(**amp):
+    with torch.no_grad(), torch.autocast(**autocast_args(torch.device(device), train.precision)):
         if run.sample.sampler == "ddpm":
             from baselines.gaussian_diffusion import GaussianDiffusion
 
@@ -118,7 +117,7 @@ def sample_batch(run: RunConfig, model, n: int, steps: int, cfg_scale: float, ge
             from hdit.diffusion import Denoiser, cfg_denoiser, sample
 
             fn = cfg_denoiser(Denoiser.for_run(run, model), labels, m.num_classes, cfg_scale)
-            x = sample(fn, shape, steps, t.sigma_min, t.sigma_max, run.sample.rho, run.sample.eta, generator,
+            x = sample(fn, shape, steps, train.sigma_min, train.sigma_max, run.sample.rho, run.sample.eta, generator,
                        device, progress)
     return x.float(), labels
 

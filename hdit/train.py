@@ -33,7 +33,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +42,11 @@ from tqdm.auto import tqdm
 
 from hdit import io, rundir
 from hdit.configs import RunConfig
-from hdit.data.augment import non_leaky_augment
-from hdit.diffusion import Denoiser, sample_sigma
-from hdit.ema import ema_decay, ema_update
 from hdit.errors import HarnessError, error_text
 from hdit.integrity import write_record
 from hdit.provenance import provenance
 from hdit.runlock import RunLock
+from hdit.step import TrainStep, autocast_args, make_optimizer
 
 LOG_FIELDS = ("step", "loss", "lr", "img_per_s", "elapsed_s")
 
@@ -63,44 +61,6 @@ class RunExistsError(TrainError):
 
 class DivergedError(TrainError):
     pass
-
-
-# ----------------------------------------------------------------------------- objective
-
-class Objective:
-    """The per-sample training loss of a row: EDM (HDiT trainer) or Gaussian diffusion (R1)."""
-
-    def __init__(self, run: RunConfig, model: torch.nn.Module, rank: int = 0, world_size: int = 1):
-        self.run, self.t, self.rank, self.world_size = run, run.train, rank, world_size
-        if self.t.objective == "ddpm":
-            from baselines.gaussian_diffusion import GaussianDiffusion
-
-            device = next(model.parameters()).device
-            self.diffusion = GaussianDiffusion.ddpm(1000, learn_sigma=run.model.learn_sigma).to(device)
-        else:
-            self.denoiser = Denoiser.for_run(run, model)
-        self.model = model
-
-    def __call__(self, x: torch.Tensor, labels, gen: torch.Generator) -> torch.Tensor:
-        n = x.shape[0]
-        aug_cond = None
-        if self.t.augment_prob > 0:  # non-leaking augmentation (FFHQ-1024, Table 6): the model sees its vector
-            x, aug_cond = non_leaky_augment(x, self.t.augment_prob, gen)
-        noise = torch.randn(x.shape, generator=gen, device=x.device)
-        if self.t.objective == "ddpm":
-            t = torch.randint(0, self.diffusion.num_steps, (n,), generator=gen, device=x.device)
-            return self.diffusion.training_losses(self.model, x, t, noise, labels)["loss"]
-        sigma = sample_sigma(n, self.run.data.resolution, gen, self.rank, self.world_size, self.t.sigma_min,
-                             self.t.sigma_max, self.t.sigma_data, device=x.device)
-        return self.denoiser.loss(x, noise, sigma, labels, self.t.weighting, self.t.gamma, aug_cond)
-
-
-def drop_labels(labels: torch.Tensor, num_classes: int, p: float, gen: torch.Generator):
-    """Class dropout to the null class (index num_classes); None for unconditional models."""
-    if num_classes == 0:
-        return None
-    drop = torch.rand(labels.shape, generator=gen, device=labels.device) < p
-    return torch.where(drop, torch.full_like(labels, num_classes), labels)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -185,9 +145,6 @@ def _append_log(path: Path, row: dict) -> None:
 
 # ----------------------------------------------------------------------------- training
 
-_comparable = rundir.comparable
-
-
 def _setup_device(device: str | None, local_rank: int, world_size: int) -> torch.device:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
@@ -207,11 +164,12 @@ def _load_for_resume(out: Path, run: RunConfig, profile: str, world_size: int) -
     if has_config:
         stored = rundir.read_config(out)
         # through RunConfig: a record written before a field existed reads as that field's default
-        old = RunConfig.from_dict(stored["config"]).to_dict()
-        if stored["profile"] != profile or _comparable(old) != _comparable(run.to_dict()):
-            if stored["profile"] == profile and {**old, "train": {**old["train"], "steps": run.train.steps}} == run.to_dict():
+        old = RunConfig.from_dict(stored["config"])
+        if stored["profile"] != profile or old.training_key() != run.training_key():
+            longer = replace(old, train=replace(old.train, steps=run.train.steps))
+            if stored["profile"] == profile and longer.training_key() == run.training_key():
                 raise rundir.RunMismatchError(
-                    f"run dir {str(out)!r} was trained for {old['train']['steps']} steps under a "
+                    f"run dir {str(out)!r} was trained for {old.train.steps} steps under a "
                     f"{run.train.lr_schedule!r} lr schedule, which decays over the step count; a run of "
                     f"{run.train.steps} steps is another run: use a new --out")
             raise rundir.RunMismatchError(
@@ -259,164 +217,211 @@ def train(run: RunConfig, out, profile: str = "default", **kw) -> dict:
         return _train(run, out, profile, **kw)
 
 
+@dataclass
+class Session:
+    """What one training session works with: the run (steps and seed applied), where and how it runs."""
+
+    run: RunConfig
+    out: Path
+    profile: str
+    device: torch.device
+    rank: int
+    world_size: int
+    checkpoint_every: int
+    data_path: str | None = None
+
+
 def _train(run: RunConfig, out, profile: str = "default", *, steps: int | None = None, resume: bool = False,
            data_path=None, device: str | None = None, seed: int | None = None, checkpoint_every: int | None = None,
            log_every: int = 10, workers: int | None = None, attn_backend: str = "auto", compile: bool = False,
            progress: bool = True) -> dict:
-    out = Path(out)
+    s = _session(run, out, profile, steps, seed, device, checkpoint_every, data_path)
+    ckpt = _check_run_dir(s, resume)
+    if ckpt is not None and ckpt["step"] >= s.run.train.steps and (s.out / "done.json").exists():
+        if s.rank == 0:
+            print(f"{s.out}: already trained to step {ckpt['step']} (>= {s.run.train.steps}); nothing to do",
+                  file=sys.stderr)
+        return rundir.read_done(s.out)
+    dataset, workers = _dataset(s, workers)
+    state = _build(s, attn_backend, compile)
+    start = _restore(state, ckpt) if ckpt is not None else (0, 0.0)
+    stream = _stream(s, dataset, workers, start[0], ckpt)
+    del ckpt
+    _write_config(s, state, attn_backend, compile, start[0])
+    return _loop(s, state, stream, start, log_every, progress)
+
+
+def _session(run, out, profile, steps, seed, device, checkpoint_every, data_path) -> Session:
     world_size, rank, local_rank = dist_env()
-    device = _setup_device(device, local_rank, world_size)
+    dev = _setup_device(device, local_rank, world_size)
     seed = run.train.seed if seed is None else seed
     run = replace(run, train=replace(run.train, steps=steps or run.train.steps, seed=seed))
-    total, t = run.train.steps, run.train
-    if t.batch_size % world_size:
-        raise TrainError(f"batch size {t.batch_size} is not divisible by WORLD_SIZE={world_size}")
-    checkpoint_every = checkpoint_every or default_checkpoint_every(total)
+    if run.train.batch_size % world_size:
+        raise TrainError(f"batch size {run.train.batch_size} is not divisible by WORLD_SIZE={world_size}")
+    every = checkpoint_every or default_checkpoint_every(run.train.steps)
+    return Session(run, Path(out), profile, dev, rank, world_size, every, str(data_path) if data_path else None)
 
-    status = run_status(out)
+
+def _check_run_dir(s: Session, resume: bool) -> dict | None:
+    """The checkpoint to continue from (None: a fresh run); refuses an occupied dir without --resume."""
+    status = run_status(s.out)
     if status and not resume:
-        raise RunExistsError(f"run dir {str(out)!r} already holds {status}; pass --resume to continue it "
+        raise RunExistsError(f"run dir {str(s.out)!r} already holds {status}; pass --resume to continue it "
                              "or remove the directory")
-    ckpt = _load_for_resume(out, run, profile, world_size) if resume else None
-    if ckpt is not None and ckpt["step"] >= total and (out / "done.json").exists():
-        if rank == 0:
-            print(f"{out}: already trained to step {ckpt['step']} (>= {total}); nothing to do", file=sys.stderr)
-        return rundir.read_done(out)
+    return _load_for_resume(s.out, s.run, s.profile, s.world_size) if resume else None
 
-    # ---- data
-    from hdit.data import BatchStream, build_dataset
+
+def _dataset(s: Session, workers: int | None):
+    from hdit.data import build_dataset
     from hdit.data.shapes import ShapesDataset
 
-    dataset = build_dataset(run.data, data_path, split="train")
+    run, train = s.run, s.run.train
+    dataset = build_dataset(run.data, s.data_path, split="train")
     if run.model.num_classes and dataset.num_classes != run.model.num_classes:
         raise TrainError(f"dataset {run.data.name!r} has {dataset.num_classes} classes; config {run.id} "
                          f"expects {run.model.num_classes}")
-    if t.augment_prob > 0 and (run.model.family != "hdit" or t.objective == "ddpm"):
-        raise TrainError(f"augment_prob={t.augment_prob}: non-leaking augmentation needs the HDiT model's "
+    if train.augment_prob > 0 and (run.model.family != "hdit" or train.objective == "ddpm"):
+        raise TrainError(f"augment_prob={train.augment_prob}: non-leaking augmentation needs the HDiT model's "
                          f"augmentation conditioning (EDM objective); config {run.id} is {run.model.family}/"
-                         f"{t.objective}")
+                         f"{train.objective}")
     if workers is None:  # shapes renders whole batches in-process; image folders decode in workers
         workers = 0 if isinstance(dataset, ShapesDataset) else min(8, os.cpu_count() or 1)
+    return dataset, workers
 
-    # ---- model, EMA, optimiser (state dicts always from the unwrapped `raw` module)
-    from hdit.model import build_model
 
+def _build(s: Session, attn_backend: str, compile: bool) -> TrainStep:
+    """Model, EMA, optimiser and generator (state dicts always from the unwrapped `raw` module)."""
+    from hdit.backbones import build_model
+
+    seed = s.run.train.seed
     torch.manual_seed(seed)
-    raw = build_model(run.model, attn_backend=attn_backend).to(device)
+    raw = build_model(s.run.model, attn_backend=attn_backend).to(s.device)
     ema = copy.deepcopy(raw).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(raw.param_groups(t.lr, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps,
-                            weight_decay=t.weight_decay, fused=True)  # fused: ~6x less CPU time than the per-tensor loop
-    base_lrs = [g["lr"] for g in opt.param_groups]  # param_groups' own ratios (lr/3 groups) kept under the schedule
-    step, elapsed = 0, 0.0
-    gen = torch.Generator(device).manual_seed(rank_seed(seed, rank))
-    torch.manual_seed(rank_seed(seed + 1, rank))  # dropout etc. draw from the global RNG
-    if ckpt is not None:
-        raw.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["opt"])
-        step, elapsed = ckpt["step"], ckpt["elapsed_s"]
-        set_rng_state(ckpt["rng"][rank], gen)
-    stream = BatchStream(dataset, t.batch_size // world_size, seed, rank, world_size, start_step=step,
+    opt = make_optimizer(raw, s.run)
+    gen = torch.Generator(s.device).manual_seed(rank_seed(seed, s.rank))
+    torch.manual_seed(rank_seed(seed + 1, s.rank))  # dropout etc. draw from the global RNG
+    amp = autocast_args(s.device, s.run.train.precision)
+    net = _wrap(raw, s.run, s.device, s.world_size, compile, amp)
+    return TrainStep(s.run, raw, net, ema, opt, gen, amp, s.rank, s.world_size)
+
+
+def _restore(state: TrainStep, ckpt: dict) -> tuple[int, float]:
+    state.raw.load_state_dict(ckpt["model"])
+    state.ema.load_state_dict(ckpt["ema"])
+    state.opt.load_state_dict(ckpt["opt"])
+    set_rng_state(ckpt["rng"][state.rank], state.gen)
+    return ckpt["step"], ckpt["elapsed_s"]
+
+
+def _stream(s: Session, dataset, workers: int, step: int, ckpt: dict | None):
+    from hdit.data import BatchStream
+
+    train = s.run.train
+    stream = BatchStream(dataset, train.batch_size // s.world_size, train.seed, s.rank, s.world_size, start_step=step,
                          num_workers=workers)
     if ckpt is not None:
         stream.load_state_dict(ckpt["data"])
-    del ckpt
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and t.precision == "bf16")
-    model = _wrap(raw, run, device, world_size, compile, amp)
-    objective = Objective(run, model, rank, world_size)
+    return stream
 
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "done.json").unlink(missing_ok=True)
-        write_record(out / "config.json", {
-            "config": run.to_dict(), "config_id": run.id, "profile": profile, "seed": seed,
-            "world_size": world_size, "data_path": str(data_path or ""), "checkpoint_every": checkpoint_every,
-            "objective": "ddpm" if t.objective == "ddpm" else f"edm ({objective.denoiser.noise_cond})",
-            "ema": f"min({t.ema_decay}, 1 - (1 + t / {t.ema_warmup_gamma}) ** -{t.ema_warmup_power})",
-            "attn_backend": attn_backend, "compile": compile, "provenance": provenance(device)})
-        _truncate_log(out / "log.csv", step)
 
-    t0 = time.perf_counter()
+def _write_config(s: Session, state: TrainStep, attn_backend: str, compile: bool, step: int) -> None:
+    if s.rank != 0:
+        return
+    train = s.run.train
+    s.out.mkdir(parents=True, exist_ok=True)
+    (s.out / "done.json").unlink(missing_ok=True)
+    write_record(s.out / "config.json", {
+        "config": s.run.to_dict(), "config_id": s.run.id, "profile": s.profile, "seed": train.seed,
+        "training_key": s.run.training_key(), "world_size": s.world_size, "data_path": s.data_path or "",
+        "checkpoint_every": s.checkpoint_every, "objective": state.objective.description,
+        "ema": f"min({train.ema_decay}, 1 - (1 + t / {train.ema_warmup_gamma}) ** -{train.ema_warmup_power})",
+        "attn_backend": attn_backend, "compile": compile, "provenance": provenance(s.device)})
+    _truncate_log(s.out / "log.csv", step)
 
-    def save_checkpoint():
-        rngs = _all_gather(rng_state(gen), world_size)
-        if rank == 0:
-            io.torch_save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                           "step": step, "rng": rngs, "data": stream.state_dict(), "world_size": world_size,
-                           "elapsed_s": elapsed + time.perf_counter() - t0, "config": run.to_dict(),
-                           "profile": profile}, ckpt_path)
-        if world_size > 1:
-            torch.distributed.barrier()
 
-    ckpt_path = out / "checkpoint.pt"
-    session_start, last_ckpt, window_start = step, step, step
-    pending: list[torch.Tensor] = []  # per-step losses on the device, read at log/checkpoint boundaries
-    win_t = time.perf_counter()
+class _Losses:
+    """Per-step losses kept on the device and read at log/checkpoint boundaries (one host sync per interval);
+    the first non-finite one stops the run before the next checkpoint, so the last good one stays."""
 
-    def flush() -> list[float]:
-        """Read the pending losses (one host sync); the first non-finite one stops the run."""
-        if not pending:
+    def __init__(self, s: Session, step: int):
+        self.s, self.pending, self.window_start, self.last_ckpt = s, [], step, step
+        self.window_t = time.perf_counter()
+
+    def flush(self) -> list[float]:
+        if not self.pending:
             return []
-        values = torch.stack(pending)
-        if world_size > 1:
+        values = torch.stack(self.pending)
+        if self.s.world_size > 1:
             torch.distributed.all_reduce(values)
-            values /= world_size
+            values /= self.s.world_size
         values = values.tolist()
-        pending.clear()
+        self.pending.clear()
         for i, v in enumerate(values):
             if not math.isfinite(v):
-                where = (f"the last good checkpoint (step {last_ckpt}) is kept in {ckpt_path}" if last_ckpt
+                path = self.s.out / "checkpoint.pt"
+                where = (f"the last good checkpoint (step {self.last_ckpt}) is kept in {path}" if self.last_ckpt
                          else "no checkpoint was written yet")
-                raise DivergedError(f"loss is {v} at step {window_start + i + 1}; stopping: {where}")
+                raise DivergedError(f"loss is {v} at step {self.window_start + i + 1}; stopping: {where}")
         return values
 
-    pbar = tqdm(total=total, initial=step, desc=f"train {run.id}", disable=not progress or rank != 0,
+    def log_row(self, step: int, lr: float, elapsed: float) -> dict:
+        values, now = self.flush(), time.perf_counter()
+        row = {"step": step, "loss": f"{sum(values) / len(values):.6g}", "lr": f"{lr:.6g}",
+               "img_per_s": f"{len(values) * self.s.run.train.batch_size / (now - self.window_t):.4g}",
+               "elapsed_s": f"{elapsed:.2f}"}
+        if self.s.rank == 0:
+            _append_log(self.s.out / "log.csv", row)
+        self.window_start, self.window_t = step, now
+        return row
+
+
+def _save_checkpoint(s: Session, state: TrainStep, stream, step: int, elapsed: float) -> None:
+    rngs = _all_gather(rng_state(state.gen), s.world_size)
+    if s.rank == 0:
+        io.torch_save({"model": state.raw.state_dict(), "ema": state.ema.state_dict(), "opt": state.opt.state_dict(),
+                       "step": step, "rng": rngs, "data": stream.state_dict(), "world_size": s.world_size,
+                       "elapsed_s": elapsed, "config": s.run.to_dict(), "profile": s.profile},
+                      s.out / "checkpoint.pt")
+    if s.world_size > 1:
+        torch.distributed.barrier()
+
+
+def _loop(s: Session, state: TrainStep, stream, start: tuple[int, float], log_every: int, progress: bool) -> dict:
+    """Steps until the run's total; logs, checkpoints, stops cleanly on SIGTERM/SIGINT."""
+    (step, elapsed0), total, t0 = start, s.run.train.steps, time.perf_counter()
+    losses = _Losses(s, step)
+    pbar = tqdm(total=total, initial=step, desc=f"train {s.run.id}", disable=not progress or s.rank != 0,
                 dynamic_ncols=True)
     try:
         with _Signals() as signals:
-            raw.train()
+            state.raw.train()
             while step < total:
                 x, labels = next(stream)
-                x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                labels = drop_labels(labels, run.model.num_classes, t.cond_dropout, gen)
-                lr_factor = t.lr_factor(step)
-                for g, base in zip(opt.param_groups, base_lrs):
-                    g["lr"] = base * lr_factor
-                with torch.autocast(**amp):
-                    loss = objective(x, labels, gen).mean()
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                ema_update(ema, raw, ema_decay(step, t.ema_decay, t.ema_warmup_power, t.ema_warmup_gamma))
-                pending.append(loss.detach())
-                step += 1
+                x, labels = x.to(s.device, non_blocking=True), labels.to(s.device, non_blocking=True)
+                losses.pending.append(state(x, labels, step))
+                lr, step = state.lr(step), step + 1
                 pbar.update(1)
-                checkpoint = step % checkpoint_every == 0 or step == total or signals.received is not None
+                checkpoint = step % s.checkpoint_every == 0 or step == total or signals.received is not None
                 if step % log_every == 0 or checkpoint:
-                    values = flush()
-                    now = time.perf_counter()
-                    row = {"step": step, "loss": f"{sum(values) / len(values):.6g}", "lr": f"{t.lr * lr_factor:.6g}",
-                           "img_per_s": f"{len(values) * t.batch_size / (now - win_t):.4g}",
-                           "elapsed_s": f"{elapsed + now - t0:.2f}"}
-                    if rank == 0:
-                        _append_log(out / "log.csv", row)
+                    row = losses.log_row(step, lr, elapsed0 + time.perf_counter() - t0)
                     pbar.set_postfix(loss=row["loss"], img_s=row["img_per_s"])
-                    window_start, win_t = step, now
                 if checkpoint:
-                    save_checkpoint()
-                    last_ckpt = step
+                    _save_checkpoint(s, state, stream, step, elapsed0 + time.perf_counter() - t0)
+                    losses.last_ckpt = step
                 if signals.received is not None:
                     raise KeyboardInterrupt
     finally:
         pbar.close()
+    return _finish(s, start[0], step, elapsed0, time.perf_counter() - t0)
 
-    now = time.perf_counter()
-    done = {"step": step, "resumed_from_step": session_start, "wall_time_s": round(elapsed + now - t0, 2),
-            "seconds_per_step_this_session": round((now - t0) / max(1, step - session_start), 4),
-            "config_id": run.id, "profile": profile, "seed": seed, "world_size": world_size,
-            "provenance": provenance(device)}
-    if rank == 0:
-        write_record(out / "done.json", done)
+
+def _finish(s: Session, session_start: int, step: int, elapsed0: float, seconds: float) -> dict:
+    done = {"step": step, "resumed_from_step": session_start, "wall_time_s": round(elapsed0 + seconds, 2),
+            "seconds_per_step_this_session": round(seconds / max(1, step - session_start), 4),
+            "config_id": s.run.id, "profile": s.profile, "seed": s.run.train.seed,
+            "training_key": s.run.training_key(), "world_size": s.world_size, "provenance": provenance(s.device)}
+    if s.rank == 0:
+        write_record(s.out / "done.json", done)
     return done
 
 

@@ -7,7 +7,7 @@ import torch
 
 from hdit.data.augment import AUG_DIMS, affine_matrices, apply_augment, non_leaky_augment, sample_augment_cond
 from hdit.profiles import resolve
-from hdit.train import Objective, TrainError, train
+from hdit.train import TrainError, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +56,7 @@ def test_each_transform_is_on_with_the_given_probability():
 
 
 def test_trainer_passes_the_vector_to_the_model():
-    from hdit.model import build_model
+    from hdit.backbones import build_model
 
     run = resolve("ffhq-1024", "default")
     assert run.train.augment_prob == 0.12  # Table 6, kept by the default profile
@@ -65,7 +65,13 @@ def test_trainer_passes_the_vector_to_the_model():
     seen = []
     model.register_forward_pre_hook(lambda m, args: seen.append(args[3] if len(args) > 3 else None))
     x = torch.rand(4, 3, run.data.resolution, run.data.resolution) * 2 - 1
-    loss = Objective(run, model)(x, None, torch.Generator().manual_seed(0))
+    import copy
+
+    from hdit.step import TrainStep, autocast_args, make_optimizer
+
+    step = TrainStep(run, model, model, copy.deepcopy(model), make_optimizer(model, run),
+                     torch.Generator().manual_seed(0), autocast_args(torch.device("cpu"), "bf16"))
+    loss = step(x, None, 0)  # the trainer's own step: augmentation, σ draw, loss, AdamW, EMA
     assert torch.isfinite(loss).all() and seen[0] is not None and seen[0].shape == (4, AUG_DIMS)
     assert seen[0].abs().sum() > 0
 

@@ -105,6 +105,25 @@ def test_train_step_updates_model_and_ema(one_thread):
     assert model.patch_out.proj.weight.abs().sum() > 0 and sum(changed) >= 10
 
 
+def test_benchmark_times_the_trainers_step(one_thread, monkeypatch):
+    """Issue 12: the train suite's img/s is that of `hdit train`'s own step function, not a copy of it."""
+    from hdit import step as step_mod, train as train_mod
+
+    calls = []
+    original = step_mod.TrainStep.__call__
+
+    def counted(self, x, labels, step):
+        calls.append(step)
+        return original(self, x, labels, step)
+
+    monkeypatch.setattr(step_mod.TrainStep, "__call__", counted)
+    assert train_mod.TrainStep is step_mod.TrainStep  # the trainer builds the same class
+    b = bench.Bench(torch.device("cpu"), bench.PLANS["quick"], False, "auto", 50, {})
+    run, model, net = bench.build(b, "E", 32)
+    bench.time_per_iter(bench.train_step_fn(b, run, model, net, 2), b.device, 1, 2)
+    assert calls == [0, 1, 2]  # warm-up + timed iterations, each one TrainStep call at the next step index
+
+
 def _records(device, device_type, e_ms, dit_ms, res=(128, 256, 512)):
     base = dict(device=device, device_type=device_type, torch="2.11.0", cuda=None, scale="paper",
                 precision="bf16-autocast", compile=True, suite="scaling", batch=4, command="hdit bench",

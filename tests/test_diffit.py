@@ -16,7 +16,7 @@ from hdit import flops
 from hdit.cli import main as cli
 from hdit.configs import TABLE_DIFFIT_ROWS, ConfigError, get_config
 from hdit.diffusion import Denoiser
-from hdit.model import build_model
+from hdit.backbones import build_model
 from hdit.profiles import get_profile, resolve
 from hdit.report import figures, render, tables
 from hdit.report.runs import training_run

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from hdit.configs import TABLE1_ROWS, get_config
-from hdit.model import build_model
+from hdit.backbones import build_model
 from hdit.model.hourglass import HDiT, TransformerLayer
 from hdit.model.layers import AxialRoPE, apply_rope, pixel_centres
 from hdit.profiles import resolve
@@ -82,20 +82,20 @@ def test_whole_model_output_is_zero_at_init(config_id):
     model = tiny(config_id)
     x = torch.randn(2, 3, 32, 32)
     out = model(x, torch.randn(2), torch.tensor([1, 3]))
-    assert out.shape == (2, model.cfg.out_channels, 32, 32) and (out == 0).all()
+    assert out.shape == (2, model.config.out_channels, 32, 32) and (out == 0).all()
 
 
 def test_null_class_is_default_and_labels_matter():
     model = randomize_zero_inits(tiny("E"))
     x, c = torch.randn(2, 3, 32, 32), torch.randn(2)
-    null = torch.full([2], model.cfg.num_classes)
+    null = torch.full([2], model.config.num_classes)
     torch.testing.assert_close(model(x, c), model(x, c, null))
     assert not torch.allclose(model(x, c, torch.tensor([0, 1])), model(x, c, null))
 
 
 def test_dit_patch_embed_equals_conv_and_loads_conv_weights():
     model = tiny("R2")
-    conv = torch.nn.Conv2d(3, model.cfg.widths[0], 2, stride=2)
+    conv = torch.nn.Conv2d(3, model.config.widths[0], 2, stride=2)
     sd = {"proj.weight": conv.weight.detach(), "proj.bias": conv.bias.detach()}
     model.x_embedder.load_state_dict(sd)
     x = torch.randn(2, 3, 32, 32)
@@ -154,8 +154,8 @@ def test_variants_are_parameters():
     assert tiny("skip-concat").skips[0].proj.in_features == 2 * resolve("E", "default").model.widths[0]
     assert float(e.skips[0].fac.detach()) == 0.5  # learnable lerp initialised at 0.5
     a = tiny("A")
-    assert a.pos_emb is not None and a.ropes is None and a.mid[0].ff.down.in_features == 4 * a.cfg.widths[-1]
-    assert e.pos_emb is None and e.ropes is not None and e.mid[0].ff.down.in_features == 3 * e.cfg.widths[-1]
+    assert a.pos_emb is not None and a.ropes is None and a.mid[0].ff.down.in_features == 4 * a.config.widths[-1]
+    assert e.pos_emb is None and e.ropes is not None and e.mid[0].ff.down.in_features == 3 * e.config.widths[-1]
     b1 = tiny("B1", depths=(2, 1))
     assert [layer.attn.shift for layer in b1.down[0]] == [0, 4]  # shift w/2 on odd layers of each stack
     assert tiny("ffhq-1024").class_emb is None

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdit.configs import REGISTRY
+from hdit.configs import TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS
 from hdit.profiles import get_profile, resolve
 from hdit.report.runs import training_run
 
@@ -46,7 +46,8 @@ def smoke(tmp_path_factory):
 @pytest.mark.slow
 def test_every_run_trains_at_paper_size(smoke):
     results, _ = smoke
-    runs = {training_run(c, PROFILE) for c in REGISTRY}
+    rows = (*TABLE1_ROWS, *TABLE2_ROWS, *TABLE5_ROWS, "ffhq-1024", "imagenet-256")
+    runs = {training_run(c, PROFILE) for c in rows}
     assert len(runs) == 16
     for name in runs:
         done = json.loads((results / "runs" / PROFILE / name / "done.json").read_text())

@@ -17,7 +17,8 @@ import torch
 from hdit.cli import main as cli
 from hdit.ema import ema_decay, ema_update
 from hdit.profiles import resolve
-from hdit.train import DivergedError, RunExistsError, drop_labels, train
+from hdit.step import drop_labels
+from hdit.train import DivergedError, RunExistsError, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

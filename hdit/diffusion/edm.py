@@ -65,9 +65,9 @@ class Denoiser(nn.Module):
     @classmethod
     def for_run(cls, run, net: nn.Module) -> "Denoiser":
         """The Denoiser of a RunConfig's EDM objective: HDiT gets c_noise, DiT under EDM (R2) its timestep."""
-        t = run.train
-        return cls(net, t.sigma_data, "dit_timestep" if run.model.family == "dit" else "c_noise",
-                   t.sigma_min, t.sigma_max)
+        train = run.train
+        return cls(net, train.sigma_data, "dit_timestep" if run.model.family == "dit" else "c_noise",
+                   train.sigma_min, train.sigma_max)
 
     def cond(self, sigma: torch.Tensor) -> torch.Tensor:
         if self.noise_cond == "c_noise":

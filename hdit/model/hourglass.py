@@ -61,12 +61,12 @@ class SelfAttention(nn.Module):
 class TransformerLayer(nn.Module):
     """x + Attn(AdaRMSNorm(x)); x + FF(AdaRMSNorm(x)) (Figure 4a)."""
 
-    def __init__(self, cfg: ModelConfig, level: int, index: int, backend: str = "auto"):
+    def __init__(self, config: ModelConfig, level: int, index: int, backend: str = "auto"):
         super().__init__()
-        width, kind, p = cfg.widths[level], cfg.attention[level], cfg.level_dropout[level]
-        shift = cfg.window_size // 2 if (kind == "shifted_window" and index % 2) else 0  # Swin: odd layers
-        self.attn = SelfAttention(width, cfg.head_dim, cfg.mapping_width, kind, cfg.kernel_size, cfg.window_size, shift, p, backend)
-        self.ff = FeedForward(width, cfg.d_ffs[level], cfg.mapping_width, cfg.ff, p)
+        width, kind, p = config.widths[level], config.attention[level], config.level_dropout[level]
+        shift = config.window_size // 2 if (kind == "shifted_window" and index % 2) else 0  # Swin: odd layers
+        self.attn = SelfAttention(width, config.head_dim, config.mapping_width, kind, config.kernel_size, config.window_size, shift, p, backend)
+        self.ff = FeedForward(width, config.d_ffs[level], config.mapping_width, config.ff, p)
 
     def forward(self, x, rope, cond):
         x = x + self.attn(x, rope, cond)
@@ -74,19 +74,19 @@ class TransformerLayer(nn.Module):
 
 
 class HDiT(nn.Module):
-    def __init__(self, cfg: ModelConfig, attn_backend: str = "auto"):
+    def __init__(self, config: ModelConfig, attn_backend: str = "auto"):
         super().__init__()
-        n = len(cfg.widths)
-        grid = cfg.resolution // cfg.patch_size
-        if cfg.family != "hdit" or cfg.resolution % (cfg.patch_size * 2 ** (n - 1)):
+        n = len(config.widths)
+        grid = config.resolution // config.patch_size
+        if config.family != "hdit" or config.resolution % (config.patch_size * 2 ** (n - 1)):
             raise ConfigError(f"HDiT needs family 'hdit' and a resolution divisible by patch_size * 2^(levels-1); "
-                              f"got family={cfg.family!r}, resolution={cfg.resolution}, patch={cfg.patch_size}, {n} levels")
-        self.cfg, w0, mw = cfg, cfg.widths[0], cfg.mapping_width
-        self.patch_in = TokenMerge(cfg.in_channels, w0, cfg.patch_size)
+                              f"got family={config.family!r}, resolution={config.resolution}, patch={config.patch_size}, {n} levels")
+        self.config, w0, mw = config, config.widths[0], config.mapping_width
+        self.patch_in = TokenMerge(config.in_channels, w0, config.patch_size)
         # Steps A-C: additive positional embedding (learnable as in DiT/U-ViT, Sec. 4); D on: RoPE.
-        if cfg.pos_emb == "additive":
+        if config.pos_emb == "additive":
             self.pos_emb = nn.Parameter(torch.randn(grid, grid, w0) * 0.02)
-        elif cfg.pos_emb == "sincos":  # fixed variant (DiT's), for completeness
+        elif config.pos_emb == "sincos":  # fixed variant (DiT's), for completeness
             self.register_buffer("pos_emb", sincos_2d(grid, grid, w0).view(grid, grid, w0), persistent=False)
         else:
             self.pos_emb = None
@@ -96,23 +96,23 @@ class HDiT(nn.Module):
         # index num_classes; the sum feeds the mapping network. With these E has 117,003,805 parameters.
         self.time_emb, self.time_in = FourierFeatures(1, mw), linear(mw, mw)
         self.aug_emb, self.aug_in = FourierFeatures(AUG_FEATURES, mw), linear(mw, mw)
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, mw) if cfg.num_classes else None
-        self.mapping = MappingNetwork(cfg.mapping_depth, mw, 3 * mw)
+        self.class_emb = nn.Embedding(config.num_classes + 1, mw) if config.num_classes else None
+        self.mapping = MappingNetwork(config.mapping_depth, mw, 3 * mw)
 
         # Axial RoPE (step D on): fixed frequencies per level, cos/sin computed once per stack.
-        self.ropes = nn.ModuleList(AxialRoPE(cfg.head_dim, h) for h in cfg.heads) if cfg.pos_emb == "rope" else None
+        self.ropes = nn.ModuleList(AxialRoPE(config.head_dim, h) for h in config.heads) if config.pos_emb == "rope" else None
 
         def stack(level):
-            return nn.ModuleList(TransformerLayer(cfg, level, i, attn_backend) for i in range(cfg.depths[level]))
+            return nn.ModuleList(TransformerLayer(config, level, i, attn_backend) for i in range(config.depths[level]))
 
         self.down = nn.ModuleList(stack(i) for i in range(n - 1))
         self.mid = stack(n - 1)
         self.up = nn.ModuleList(stack(i) for i in range(n - 1))
-        self.merges = nn.ModuleList(TokenMerge(cfg.widths[i], cfg.widths[i + 1]) for i in range(n - 1))
-        self.splits = nn.ModuleList(TokenSplit(cfg.widths[i + 1], cfg.widths[i]) for i in range(n - 1))
-        self.skips = nn.ModuleList(SkipMerge(cfg.skip, cfg.widths[i]) for i in range(n - 1))
+        self.merges = nn.ModuleList(TokenMerge(config.widths[i], config.widths[i + 1]) for i in range(n - 1))
+        self.splits = nn.ModuleList(TokenSplit(config.widths[i + 1], config.widths[i]) for i in range(n - 1))
+        self.skips = nn.ModuleList(SkipMerge(config.skip, config.widths[i]) for i in range(n - 1))
         self.out_norm = RMSNorm(w0)
-        self.patch_out = TokenSplit(w0, cfg.out_channels, cfg.patch_size)
+        self.patch_out = TokenSplit(w0, config.out_channels, config.patch_size)
         zero_init(self.patch_out.proj)
 
     def condition(self, noise_cond, class_labels=None, aug_cond=None):
@@ -123,11 +123,11 @@ class HDiT(nn.Module):
         c = c + self.aug_in(self.aug_emb(aug_cond))
         if self.class_emb is not None:
             if class_labels is None:  # all null class
-                class_labels = torch.full([b], self.cfg.num_classes, dtype=torch.long, device=noise_cond.device)
+                class_labels = torch.full([b], self.config.num_classes, dtype=torch.long, device=noise_cond.device)
             c = c + self.class_emb(class_labels)
         return self.mapping(c)
 
-    def run(self, level, stack, x, cond):
+    def run_stack(self, level, stack, x, cond):
         rope = None
         if self.ropes is not None:
             rope = self.ropes[level](pixel_centres(x.shape[1], x.shape[2], device=x.device))
@@ -144,12 +144,12 @@ class HDiT(nn.Module):
             x = x + self.pos_emb.to(x.dtype)
         skips = []
         for level, (stack, merge) in enumerate(zip(self.down, self.merges)):
-            x = self.run(level, stack, x, cond)
+            x = self.run_stack(level, stack, x, cond)
             skips.append(x)
             x = merge(x)
-        x = self.run(len(skips), self.mid, x, cond)
+        x = self.run_stack(len(skips), self.mid, x, cond)
         for level in reversed(range(len(skips))):
-            x = self.run(level, self.up[level], self.skips[level](self.splits[level](x), skips[level]), cond)
+            x = self.run_stack(level, self.up[level], self.skips[level](self.splits[level](x), skips[level]), cond)
         return self.patch_out(self.out_norm(x)).movedim(-1, 1)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:

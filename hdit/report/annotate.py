@@ -36,7 +36,7 @@ def count_params(resolved: dict) -> int:
     """Parameters of the model as trained (built on the meta device: no memory, no initialisation)."""
     import torch
 
-    from hdit.model import build_model
+    from hdit.backbones import build_model
 
     with torch.device("meta"):
         model = build_model(RunConfig.from_dict(resolved).model)

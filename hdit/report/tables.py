@@ -81,18 +81,25 @@ def _sharing_note(config_ids, profile: Profile) -> list[str]:
 
 
 def check_current(m: dict, row: str, profile: Profile) -> None:
-    """A metrics JSON must come from the config the profile resolves to now, trained for its steps: the
-    Scale column is derived from the profile, so a stale run would be mislabelled."""
+    """A metrics JSON must come from the config the profile resolves to now (the same training identity,
+    `RunConfig.training_key`, and sampler), trained for its steps: the Scale column is derived from the
+    profile, so a stale run would be mislabelled."""
+    from hdit.configs import RunConfig
+    from hdit.rundir import differences
+
     run = training_run(row, profile.name)
     recorded = m.get("resolved_config")
     if recorded is None:
         return
-    current = resolve(run, profile.name).to_dict()
-    differ = sorted(f"{part}.{k}" for part in ("model", "train", "sample", "data")
-                    for k in current[part] if recorded[part].get(k) != current[part][k])
+    current, old = resolve(run, profile.name), RunConfig.from_dict(recorded)
+    differ = []
+    if old.training_key() != current.training_key() or old.sample != current.sample:
+        ours = {**old.training_identity(), "sample": recorded["sample"]}
+        theirs = {**current.training_identity(), "sample": current.to_dict()["sample"]}
+        differ = [k for k, _, _ in differences(ours, theirs, limit=20)]
     trained = (m.get("train") or {}).get("steps")
-    if trained is not None and trained != current["train"]["steps"]:
-        differ.append(f"steps trained {trained} != {current['train']['steps']}")
+    if trained is not None and trained != current.train.steps:
+        differ.append(f"steps trained {trained} != {current.train.steps}")
     if differ:
         raise ValueError(f"metrics of row {row} (run {run}) were measured with settings that differ from profile "
                          f"{profile.name!r} now ({', '.join(differ)}); rerun the workflow (delete "

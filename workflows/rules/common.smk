@@ -4,7 +4,6 @@
 import copy
 import functools
 import glob
-import hashlib
 import itertools
 import json
 import os
@@ -111,11 +110,11 @@ def resolved(run):
 
 
 def training_signature(wildcards):
-    """Hash of what training depends on (model, train, data of the resolved config): a `params` value, so a
-    profile/registry change reruns training (resuming, or extending when only the step count grew)."""
-    d = resolved(wildcards.run).to_dict()
-    blob = json.dumps({k: d[k] for k in ("model", "train", "data")}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The run's training identity (`RunConfig.training_key`, as the trainer and the reports use it) and step
+    count: a `params` value, so a profile/registry change reruns training (resuming, or extending when only
+    the step count grew)."""
+    run = resolved(wildcards.run)
+    return f"{run.training_key()}-{run.train.steps}"
 
 
 def rule_resources(rule):
