@@ -131,9 +131,9 @@ def test_non_finite_batch_writes_nothing_and_keeps_finished_shards(run, tmp_path
     (["--batch-size", "0"], "--batch-size 0"),
 ])
 def test_sampler_arguments_are_checked_before_any_model(trained, tmp_path, capsys, monkeypatch, args, message):
-    import hdit.model
+    import hdit.backbones
 
-    monkeypatch.setattr(hdit.model, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(hdit.backbones, "build_model", lambda *a, **k: pytest.fail("a model was built"))
     assert sample_cli(trained, tmp_path / "o", *args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -141,9 +141,9 @@ def test_sampler_arguments_are_checked_before_any_model(trained, tmp_path, capsy
 
 
 def test_ddpm_step_count_is_checked_before_any_model(tmp_path, capsys, monkeypatch):
-    import hdit.model
+    import hdit.backbones
 
-    monkeypatch.setattr(hdit.model, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(hdit.backbones, "build_model", lambda *a, **k: pytest.fail("a model was built"))
     r1 = tmp_path / "r1"
     write_record(r1 / "config.json", {"config": resolve("R1", "default").to_dict(), "profile": "default", "seed": 0})
     (r1 / "checkpoint.pt").write_bytes(b"never read")
@@ -412,9 +412,9 @@ def test_truncated_png_in_a_data_loader_worker_names_the_file(tmp_path):
 
 
 def test_bad_training_input_fails_before_the_model(tmp_path, capsys, monkeypatch):
-    import hdit.model
+    import hdit.backbones
 
-    monkeypatch.setattr(hdit.model, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(hdit.backbones, "build_model", lambda *a, **k: pytest.fail("a model was built"))
     assert cli(["train", "--config", "E", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "--data" in (err := capsys.readouterr().err) and "'shapes'" in err and "drop --data" in err
     (tmp_path / "file").write_text("x")
