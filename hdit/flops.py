@@ -1,7 +1,7 @@
 """`hdit flops`: GFLOPs (1 FLOP = 1 multiply-accumulate, forward, batch 1) and trainable parameters of a
 paper-scale backbone, counted by fvcore on meta tensors (nothing is computed). Table 1, Table 6, Figure 2.
 
-Convention (REFERENCE.md "FLOP convention"): every Linear as tokens x in x out (bias ignored, the
+Convention (docs/METHOD.md §1): every Linear as tokens x in x out (bias ignored, the
 per-sample conditioning linears included); attention QK^T and AV: global 2*N^2*d, neighborhood 2*N*d*k^2,
 shifted window 2*N*d*w^2. Norms, softmax, activations, elementwise ops and embedding lookups are not
 counted: fvcore's default handles are cleared and only the matmul-like ones are registered again

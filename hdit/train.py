@@ -282,7 +282,7 @@ def train(run: RunConfig, out, profile: str = "default", *, steps: int | None = 
     raw = build_model(run.model, attn_backend=attn_backend).to(device)
     ema = copy.deepcopy(raw).eval().requires_grad_(False)
     opt = torch.optim.AdamW(raw.param_groups(t.lr, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps,
-                            weight_decay=t.weight_decay, fused=device.type == "cuda")
+                            weight_decay=t.weight_decay, fused=True)  # fused: ~6x less CPU time than the per-tensor loop
     step, elapsed = 0, 0.0
     gen = torch.Generator(device).manual_seed(rank_seed(seed, rank))
     torch.manual_seed(rank_seed(seed + 1, rank))  # dropout etc. draw from the global RNG

@@ -41,7 +41,7 @@ def test_x0_weightings_match_eq_7_to_9(gamma):
 def test_f_space_weightings():
     sd = 0.5
     s = SIGMAS
-    # soft-min-SNR, gamma 4 = 1/sd^2: (s sd)^2 / (s^2 + sd^2)^2 (REFERENCE.md)
+    # soft-min-SNR, gamma 4 = 1/sd^2: (s sd)^2 / (s^2 + sd^2)^2 (docs/METHOD.md §3)
     assert torch.allclose(f_weighting("soft-min-snr", s, 4.0, sd), (s * sd) ** 2 / (s ** 2 + sd ** 2) ** 2, rtol=1e-12)
     # SNR: c_out^2 / s^2 = sd^2 / (s^2 + sd^2)
     assert torch.allclose(f_weighting("snr", s, 4.0, sd), sd ** 2 / (s ** 2 + sd ** 2), rtol=1e-12)

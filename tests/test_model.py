@@ -46,7 +46,7 @@ def test_ablation_e_has_exactly_117003805_params():
 
 
 def test_resolution_adaptation_params_of_e():
-    # one new 384-wide, depth-2 outer level per doubling (REFERENCE.md): 117.00M / 128.21M / 139.42M
+    # one new 384-wide, depth-2 outer level per doubling (docs/METHOD.md §1): 117.00M / 128.21M / 139.42M
     assert [round(n_params(meta_model("E", r)) / 1e4) for r in (256, 512)] == [12821, 13942]
 
 

@@ -14,7 +14,7 @@ from hdit.reference import paper_values
 from hdit.report import render, tables
 from hdit.report.runs import rows_of_run, signature, training_run
 
-# Closed-form GMACs consistent with the paper's Table 1 (REFERENCE.md); A-E share one slope class.
+# Closed-form GMACs consistent with the paper's Table 1 (docs/METHOD.md §1); A-E share one slope class.
 FAKE_GFLOPS = {"R1": (106.4, 657.6, 6340.6), "A": (32.17, 114.03, 1059.91), "B1": (29.15, 60.27, 184.74),
                "B2": (29.10, 60.04, 183.75), "E": (31.37, 64.72, 198.10)}
 for _r, _src in (("R2", "R1"), ("R3", "R1"), ("R4", "R1"), ("C", "E"), ("D", "E")):

@@ -36,7 +36,7 @@ def test_default_table1_dry_run_trains_all_ten_rows(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
     assert counts["train"] == 10 and counts["sample"] == 10 and counts["fid"] == 10
-    assert counts["count_flops"] == 1 and counts["export_reference"] == 1 and counts["reference_stats"] == 1
+    assert counts["count_flops"] == 1 and counts["reference_stats"] == 1
     assert counts["table1_files"] == 1
     train = jobs(r.stdout, "train")
     assert {re.search(r"--config (\S+)", j)[1] for j in train} == {"R1", "R2", "R3", "R4", "A", "B1", "B2", "C",
@@ -67,25 +67,85 @@ def test_default_all_shares_identical_rows(tmp_path):
         assert counts[rule] == 1
 
 
+def paper_config(tmp_path, **changes):
+    """workflows/config/paper.yaml with its dataset paths pointed at small real folders (the DAG checks them
+    when it is built) and `changes` applied to the top-level keys (None deletes a key)."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "workflows/config/paper.yaml").read_text())
+    (tmp_path / "imagenet" / "n01440764").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "ffhq").mkdir(exist_ok=True)
+    (tmp_path / "ffhq" / "00000.png").write_bytes(b"")
+    cfg["datasets"] = {"imagenet": {"path": str(tmp_path / "imagenet"), "reference_n": None},
+                       "ffhq": {"path": str(tmp_path / "ffhq"), "reference_n": None}}
+    for key, value in changes.items():
+        if value is None:
+            cfg.pop(key)
+        else:
+            cfg[key] = value
+    path = tmp_path / "paper-test.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
 def test_paper_profile_dry_run_has_gpu_resources(tmp_path):
-    r = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(ROOT / "workflows/config/paper.yaml"))
+    r = snakemake(tmp_path, "-n", "-p", "all", "--configfile", paper_config(tmp_path))
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
-    # one reference set (and its cached FID statistics) per dataset: imagenet-128, imagenet-256, ffhq-1024
-    assert counts["train"] == 16 and counts["export_reference"] == 3 and counts["reference_stats"] == 3
+    # one set of reference statistics per (dataset, resolution): imagenet-128, imagenet-256, ffhq-1024, each
+    # over the whole training split (ADM protocol: no --n), streamed from the dataset folder (no export)
+    assert counts["train"] == 16 and counts["reference_stats"] == 3 and "export_reference" not in counts
+    refs = jobs(r.stdout, "reference_stats")
+    assert all("--n " not in j and "--cache-dir results/cache/fid-stats" in j for j in refs)
+    assert {re.search(r"--data (\S+)", j)[1] for j in refs} == {str(tmp_path / "imagenet"), str(tmp_path / "ffhq")}
     for j in jobs(r.stdout, "train"):
         assert "gpu=8" in j and "torchrun --standalone --nproc_per_node=8 -m hdit.cli train" in j
         assert "--device cuda" in j and "--profile paper" in j
-    assert any("--data /data/ffhq" in j for j in jobs(r.stdout, "train"))
+    assert any(f"--data {tmp_path / 'ffhq'}" in j for j in jobs(r.stdout, "train"))
     assert all("gpu=1" in j for j in jobs(r.stdout, "fid"))
     assert any("--n 5000 " in j for j in jobs(r.stdout, "fid")) and any("--n 50000 " in j for j in jobs(r.stdout, "fid"))
 
 
 def test_slurm_workflow_profile_dry_run(tmp_path):
     r = snakemake(tmp_path, "-n", "all", "--workflow-profile", str(ROOT / "workflows/profiles/slurm"),
-                  "--configfile", str(ROOT / "workflows/config/paper.yaml"))
+                  "--configfile", paper_config(tmp_path))
     assert r.returncode == 0, r.stderr + r.stdout
     assert "nodes=1" in jobs(r.stdout, "train")[0] and "cpus_per_task=64" in jobs(r.stdout, "train")[0]
+
+
+@pytest.mark.parametrize("change,message", [
+    # a key missing from a --configfile is an error, never the CPU default of default.yaml
+    ({"device": None}, "'device' is a required property"),
+    ({"threads": None}, "'threads' is a required property"),
+    ({"results": ""}, "should be non-empty"),
+])
+def test_paper_config_is_complete_on_its_own(tmp_path, change, message):
+    r = snakemake(tmp_path, "-n", "all", "--configfile", paper_config(tmp_path, **change))
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr and "paper-test.yaml" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("dataset,path,message", [
+    ("imagenet", "/nonexistent/imagenet/train", "does not exist or is not a directory"),
+    ("ffhq", "", "is not set"),
+    ("imagenet", "EMPTY", "is empty or has no class sub-folders"),
+])
+def test_dataset_paths_are_checked_when_the_dag_is_built(tmp_path, dataset, path, message):
+    """A wrong dataset path fails at once (dry-run included), naming the key and the path."""
+    if path == "EMPTY":
+        path = str(tmp_path / "empty")
+        (tmp_path / "empty").mkdir()
+    cfg = paper_config(tmp_path)
+    import yaml
+
+    d = yaml.safe_load(Path(cfg).read_text())
+    d["datasets"][dataset]["path"] = path
+    Path(cfg).write_text(yaml.safe_dump(d))
+    r = snakemake(tmp_path, "-n", "all", "--configfile", cfg)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and f"datasets.{dataset}.path" in out and message in out
+    if path:
+        assert repr(path) in out
 
 
 @pytest.mark.parametrize("override,message", [

@@ -39,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset selection")
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--out", required=True)
+    s = sub.add_parser("synth", help="write generated ImageNet-/FFHQ-layout folders (offline paper-smoke runs)")
+    s.add_argument("--layout", required=True, choices=("imagenet", "ffhq"))
+    s.add_argument("--classes", type=int, default=1000, help="imagenet: class folders")
+    s.add_argument("--per-class", type=int, default=1, help="imagenet: images per class")
+    s.add_argument("--n", type=int, default=6, help="ffhq: images")
+    s.add_argument("--size", default="96x72", help="WIDTHxHEIGHT of every image")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
 
 
 def _check_previous(out: Path, meta: dict) -> None:
@@ -88,10 +96,11 @@ def export(dataset_name: str, resolution: int, n: int | None, out, split: str = 
 def main(args) -> int:
     from hdit.data import DataError
 
-    if args.action != "export":
-        print(f"error: unknown action {args.action!r}", file=sys.stderr)
-        return 2
     try:
+        if args.action == "synth":
+            from hdit.data import synth
+
+            return synth.main(args)
         export(args.dataset, args.resolution, args.n, args.out, args.split, args.data, args.seed, args.shard_size)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""EDM preconditioning, loss weightings and the training noise-level density (REFERENCE.md "Diffusion").
+"""EDM preconditioning, loss weightings and the training noise-level density (docs/METHOD.md §3).
 
 Karras et al. (2022) preconditioning with sigma_data = 0.5; the network F is trained on the F-space
 target (x0 - c_skip * x_noisy) / c_out. Loss weightings are defined in x0 space (HDiT paper eq. 7-9,

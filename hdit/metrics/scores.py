@@ -1,4 +1,4 @@
-"""FID, KID and Inception Score from Inception features (REFERENCE.md "Evaluation")."""
+"""FID, KID and Inception Score from Inception features (docs/METHOD.md §5)."""
 from __future__ import annotations
 
 import numpy as np

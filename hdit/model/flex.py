@@ -1,7 +1,7 @@
 """FlexAttention kernels for HDiT's local attention (backend "flex" of `hdit.model.attention`).
 
 Neighborhood attention (NATTEN semantics: kernel k, dilation 1, every query attends to exactly k*k
-keys, the window shifted inward at the borders; REFERENCE.md "Neighborhood attention") and Swin
+keys, the window shifted inward at the borders; docs/METHOD.md §2) and Swin
 shifted-window attention (ablation B1: window 8, shift 4, wrapped regions masked) are written as
 FlexAttention `mask_mod`s over a row-major token grid.
 

@@ -1,4 +1,4 @@
-"""HDiT building blocks (paper Sec. 4, Figure 4; REFERENCE.md "HDiT architecture details").
+"""HDiT building blocks (paper Sec. 4, Figure 4; docs/METHOD.md §2).
 
 Token grids are NHWC: `[B, H, W, C]`. No Linear in HDiT has a bias.
 """
