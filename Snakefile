@@ -1,13 +1,18 @@
 # Reproduce HDiT (Crowson et al., ICML 2024): Tables 1-5 and Figures 2, 8, 9.
 #
 #   snakemake --cores all table1                  # embedded default profile, offline CPU (~15 min)
+#   snakemake --report results/report.html        # Snakemake's report of what has been built
 #   snakemake --cores all figures
 #   snakemake --configfile workflows/config/paper.yaml --workflow-profile workflows/profiles/paper all
 #
-# Targets: flops, table1 .. table5, figures, all. See README.md ("The workflow").
+# Targets: flops, table1 .. table5, figures, all; only when named: bench, bench_cpu_quick, scaling.
+# See README.md ("The workflow").
 import os
 
 configfile: os.path.join(workflow.basedir, "workflows", "config", "default.yaml")
+
+
+report: "workflows/report/workflow.rst"
 
 
 include: "workflows/rules/common.smk"
@@ -28,12 +33,8 @@ localrules:
     table4,
     table5,
     figures,
+    scaling,
     annotate_metrics,
-    table1_files,
-    table2_files,
-    table3_files,
-    table4_files,
-    table5_files,
     fig2_files,
     fig8_files,
     fig9_files,
@@ -75,7 +76,11 @@ rule figures:
         figure_files("fig2"),
         figure_files("fig8"),
         figure_files("fig9"),
-        figure_files("scaling") if HAVE_SCALING else [],
+
+
+rule scaling:  # measured throughput vs FLOPs, from the benchmark JSON in results/bench (only when asked)
+    input:
+        figure_files("scaling"),
 
 
 rule all:

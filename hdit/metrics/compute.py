@@ -42,6 +42,15 @@ def _reference(ref, net, mode, cache_dir, device, batch_size, workers, seed, ver
             "content_sha256": meta["content_sha256"], "selection": meta["selection"]}
 
 
+def _features(images, net, mode, device, batch_size, workers, name, verbose):
+    """(streamed moments, all feature rows [N, 2048], seconds) of a sample set."""
+    start, moments, feats = time.perf_counter(), Moments(FEATURE_DIM), []
+    for f in iter_features(images, net, mode, device, batch_size, workers, desc=f"samples {name}", verbose=verbose):
+        moments.update(f)
+        feats.append(f)
+    return moments, np.concatenate(feats), time.perf_counter() - start
+
+
 def _scores(moments: Moments, feats: np.ndarray, ref: dict, kid_subsets: int, kid_subset_size: int,
             fid_resamples: int, seed: int) -> dict:
     """FID and KID against the reference statistics, each with its 95% interval."""
@@ -101,13 +110,7 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
         if ref["resolution"] != result["resolution"]:
             raise MetricsError(f"samples are {result['resolution']} px but the reference set {ref_dir} is "
                                f"{ref['resolution']} px; expected the same resolution")
-    start, moments, feats = time.perf_counter(), Moments(FEATURE_DIM), []
-    for f in iter_features(images, net, mode, device, batch_size, workers, desc=f"samples {samples_dir.name}",
-                           verbose=verbose):
-        moments.update(f)
-        feats.append(f)
-    seconds = time.perf_counter() - start
-    feats = np.concatenate(feats)
+    moments, feats, seconds = _features(images, net, mode, device, batch_size, workers, samples_dir.name, verbose)
     result.update(feature_seconds=round(seconds, 3), images_per_second=round(count / seconds, 3))
     if ref is not None:
         result.update(_scores(moments, feats, ref, kid_subsets, kid_subset_size, fid_resamples, seed))
