@@ -1,15 +1,20 @@
 # Reproduce HDiT (Crowson et al., ICML 2024): Tables 1-5 and Figures 2, 8, 9.
 #
 #   snakemake --cores all table1                  # embedded default profile, offline CPU (~15 min)
+#   snakemake --report results/report.html        # Snakemake's report of what has been built
 #   snakemake --cores all figures
 #   snakemake --configfile workflows/config/paper.yaml --workflow-profile workflows/profiles/paper all
 #
 #   snakemake --cores all table_diffit            # DiffiT beside HDiT E and DiT-B/4 (not part of `all`)
 #
-# Targets: flops, table1 .. table5, table_diffit, figures, all. See README.md ("The workflow").
+# Targets: flops, table1 .. table5, figures, all; only when named: table_diffit, bench, bench_cpu_quick, scaling.
+# See README.md ("The workflow").
 import os
 
 configfile: os.path.join(workflow.basedir, "workflows", "config", "default.yaml")
+
+
+report: "workflows/report/workflow.rst"
 
 
 include: "workflows/rules/common.smk"
@@ -30,12 +35,8 @@ localrules:
     table4,
     table5,
     figures,
+    scaling,
     annotate_metrics,
-    table1_files,
-    table2_files,
-    table3_files,
-    table4_files,
-    table5_files,
     table_diffit,
     table_diffit_files,
     fig2_files,
@@ -44,21 +45,19 @@ localrules:
     scaling_files,
 
 
-rule flops:
+rule flops:  # Table 1's GFLOP columns and Figure 2's curves (the DiffiT table's counts come with table_diffit)
     input:
-        expand(FLOPS, name=FLOP_SETS),
+        expand(FLOPS, name=[name for name in FLOP_SETS if not name.startswith("table_diffit")]),
 
 
 rule table1:
     input:
         table_files(1),
-        classacc_files(TABLE1_ROWS),  # default profile: class accuracy of every conditional shapes run
 
 
 rule table2:
     input:
         table_files(2),
-        classacc_files(TABLE2_ROWS),  # default profile: class accuracy of every conditional shapes run
 
 
 rule table3:
@@ -69,13 +68,11 @@ rule table3:
 rule table4:
     input:
         table_files(4),
-        classacc_files([IMAGENET256]),
 
 
 rule table5:
     input:
         table_files(5),
-        classacc_files(TABLE5_ROWS),  # default profile: class accuracy of every conditional shapes run
 
 
 # Image-space DiffiT beside HDiT step E and DiT-B/4 (R2), same trainer and budget (docs/DIFFIT.md). Not in
@@ -90,7 +87,11 @@ rule figures:
         figure_files("fig2"),
         figure_files("fig8"),
         figure_files("fig9"),
-        figure_files("scaling") if HAVE_SCALING else [],
+
+
+rule scaling:  # measured throughput vs FLOPs, from the benchmark JSON in results/bench (only when asked)
+    input:
+        figure_files("scaling"),
 
 
 rule all:

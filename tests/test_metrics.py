@@ -307,6 +307,10 @@ def test_reference_stats_cached_reused_and_cli_json(tmp_path, net, monkeypatch, 
                                     kid_subsets=5)
     assert first["ref_stats_cached"] is False and Path(first["ref_stats_path"]).is_file()
     assert first["label"] == "FID-10" and first["fid"] > 0 and np.isfinite(first["kid"])
+    # every FID and KID carries its 95% interval (bootstrap over the samples; KID's subset spread)
+    assert first["fid_ci95"][0] <= first["fid"] <= first["fid_ci95"][1]
+    assert first["kid_ci95"][0] <= first["kid"] <= first["kid_ci95"][1]
+    assert first["fid_bootstrap"]["resamples"] == 200 and first["fid_bootstrap"]["seed"] == 0
 
     def no_features(*args, **kwargs):
         raise AssertionError("reference features recomputed despite the cache")
@@ -323,6 +327,7 @@ def test_reference_stats_cached_reused_and_cli_json(tmp_path, net, monkeypatch, 
         assert key in printed
     assert printed["ref_stats_cached"] is True and printed["ref_stats_key"] == first["ref_stats_key"]
     assert printed["fid"] == pytest.approx(first["fid"], rel=1e-9) and printed["kid"] == pytest.approx(first["kid"])
+    assert printed["fid_ci95"] == pytest.approx(first["fid_ci95"])  # seeded: the same interval again
     assert printed["mode"] == "legacy_tensorflow" and printed["extractor_sha256"] == PACKAGED_SHA256
     # another mode or other content -> another key
     assert refstats.stats_key("x", (32, 32), "clean", PACKAGED_SHA256) != refstats.stats_key(

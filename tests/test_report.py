@@ -2,6 +2,7 @@
 slope, run sharing, the Markdown/LaTeX/CSV writers and the `hdit report` CLI's errors."""
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -84,7 +85,7 @@ def test_table1_delta_slope_and_scale(tmp_path):
     assert len(csv) == 10
     md = (tmp_path / "table1.md").read_text()
     assert "reduced scale" in md.splitlines()[0] and md.count("\n| ") == 11  # header + 10 rows
-    assert "| E | D + soft-min-snr | 19.00 | 27.74 | -8.74 |" in md
+    assert "| E | D + soft-min-snr | 19.00 | 27.74 | -8.74 |" in re.sub(" +", " ", md)  # cells padded by pandas
     tex = (tmp_path / "table1.tex").read_text()
     assert r"\begin{tabular}" in tex and r"O(n\textasciicircum{}2)" in tex and "skip-lerp" in tex
     assert [p.name for p in paths] == ["table1.md", "table1.tex", "table1.csv"]
@@ -155,7 +156,7 @@ def test_stale_metrics_are_refused():
 def test_markdown_escapes_and_missing_cells():
     t = render.Table("tableX", "cap", pd.DataFrame({"a": ["x|y", None], "b": [1.0, float("nan")]}),
                      [render.Column("a", "A"), render.Column("b", "B", "{:.1f}")])
-    md = render.to_markdown(t)
+    md = re.sub(" +", " ", render.to_markdown(t))
     assert "| x\\|y | 1.0 |" in md and "| – | – |" in md
     tex = render.to_latex(t)
     assert "x|y & 1.0" in tex and "-- & --" in tex
@@ -171,15 +172,18 @@ def test_cli_renders_table2_and_rejects_bad_input(tmp_path):
         p = tmp_path / f"{r}.json"
         p.write_text(json.dumps(fake_metrics(r, 25.0)))
         pairs.append(f"{r}={p}")
-    out = _report("table", "2", "--profile", "default", "--metrics", *pairs, "--out-dir", str(tmp_path / "t"))
+    out = _report("table", "2", "--profile", "default", "--metrics", *pairs, "--out", str(tmp_path / "t" / "table2.csv"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "t" / "table2.csv").exists()
-    bad = _report("table", "2", "--profile", "default", "--metrics", *pairs[:2], "--out-dir", str(tmp_path / "u"))
+    u = str(tmp_path / "u" / "table2.csv")
+    bad = _report("table", "2", "--profile", "default", "--metrics", *pairs[:2], "--out", u)
     assert bad.returncode == 2 and "skip-lerp" in bad.stderr
-    bad = _report("table", "2", "--profile", "laptop", "--metrics", *pairs, "--out-dir", str(tmp_path / "u"))
+    bad = _report("table", "2", "--profile", "laptop", "--metrics", *pairs, "--out", u)
     assert bad.returncode == 2 and "'laptop'" in bad.stderr
-    bad = _report("table", "2", "--profile", "default", "--metrics", "nonsense", "--out-dir", str(tmp_path / "u"))
+    bad = _report("table", "2", "--profile", "default", "--metrics", "nonsense", "--out", u)
     assert bad.returncode == 2 and "KEY=PATH" in bad.stderr
+    bad = _report("table", "2", "--profile", "default", "--metrics", *pairs, "--out", str(tmp_path / "u" / "t.xlsx"))
+    assert bad.returncode == 2 and "t.xlsx" in bad.stderr and ".md" in bad.stderr
 
 
 def test_fig8_from_the_trainers_weighting(tmp_path):
@@ -211,3 +215,82 @@ def test_fig9_needs_inception_scores(tmp_path):
         m.update(is_mean=None, is_unavailable="no classifier head")
     figures.fig9(ms, tmp_path / "fig9b")
     assert pd.read_csv(tmp_path / "fig9b.csv").is_mean.isna().all()
+
+
+# ----------------------------------------------------------------------------- intervals, class accuracy (issue 13)
+
+def with_ci(row, fid, half, kid=0.01, kid_half=0.002, **extra):
+    return fake_metrics(row, fid, fid_ci95=[fid - half, fid + half], kid=kid, kid_ci95=[kid - kid_half, kid + kid_half],
+                        **extra)
+
+
+def test_intervals_beside_values_and_unresolved_pairs_noted(tmp_path):
+    # R1..R4 far apart; A, B1 overlap (10 +- 2 vs 13 +- 2); E is alone
+    fids = dict(zip(TABLE1_ROWS, (90, 70, 50, 30, 10, 13, 120, 140, 160, 190)))
+    t = tables.table1({r: with_ci(r, f, 2.0) for r, f in fids.items()}, fake_flops(), "default")
+    df = t.df.set_index("row")
+    assert df.loc["A", "fid_ci_lo"] == 8.0 and df.loc["A", "fid_ci_hi"] == 12.0
+    assert df.loc["A", "measured_kid"] == 0.01 and df.loc["A", "kid_ci_hi"] == pytest.approx(0.012)
+    fid_note = next(n for n in t.notes if n.startswith("FID:"))
+    assert "NOT resolved at this scale" in fid_note and fid_note.endswith("A ~ B1.")
+    kid_note = next(n for n in t.notes if n.startswith("KID:"))  # equal KIDs everywhere: every pair overlaps
+    assert "R1 ~ R2, R3, R4, A, B1, B2, C, D, E" in kid_note
+    assert any("sampling noise" in n for n in t.notes)
+    paths = render.write_files(t, [tmp_path / "t1.md", tmp_path / "t1.tex", tmp_path / "t1.csv", tmp_path / "t1.html"])
+    md = re.sub(" +", " ", paths[0].read_text())
+    assert "| A | Global Attention Diffusion Hourglass | 10.00 [8.00, 12.00] |" in md
+    assert "| 10.0 [8.0, 12.0] |" in md  # KID x 10^3 with its interval
+    assert "10.00 [8.00, 12.00]" in paths[1].read_text() and "10.00 [8.00, 12.00]" in paths[3].read_text()
+    csv = pd.read_csv(paths[2])
+    for col in ("fid_ci_lo", "fid_ci_hi", "measured_kid", "kid_ci_lo", "kid_ci_hi", "class_acc"):
+        assert col in csv.columns
+
+
+def test_disjoint_intervals_resolve_every_difference_and_shared_runs_are_not_compared():
+    fids = {"skip-concat": 40.0, "skip-add": 30.0, "skip-lerp": 20.0}
+    t = tables.table2({r: with_ci(r, f, 1.0, kid=f / 1000, kid_half=0.0001) for r, f in fids.items()}, "default")
+    assert any(n.startswith("FID: the 95% intervals of all rows are disjoint") for n in t.notes)
+    # Table 5: softminsnr-g4 is run E, snr is run D -- different runs; equal rows of one run are never a "pair"
+    df = pd.DataFrame({"row": ["E", "skip-lerp"], "run": ["E", "E"], "lo": [1.0, 1.0], "hi": [2.0, 2.0]})
+    assert tables.overlapping(df, "lo", "hi") == []
+    # metrics without intervals (older JSON): no interval note, cells show the value alone
+    t = tables.table2({r: fake_metrics(r, f) for r, f in fids.items()}, "default")
+    assert not any(n.startswith(("FID:", "[95% CI]")) for n in t.notes)
+
+
+def test_class_accuracy_column_filled_when_given():
+    acc = {"accuracy": 0.93, "accuracy_ci95": [0.89, 0.96], "n": 200, "chance": 0.1,
+           "classifier": {"test_accuracy": 0.998}}
+    metrics = {r: fake_metrics(r, 20.0) for r in TABLE5_ROWS}
+    t = tables.build("5", metrics, "default", class_acc={"snr": acc})
+    df = t.df.set_index("row")
+    assert df.loc["snr", "class_acc"] == 0.93 and df.loc["snr", "class_acc_ci_lo"] == 0.89
+    assert df.loc["minsnr-g5", "class_acc"] != df.loc["minsnr-g5", "class_acc"]  # blank (NaN) without a JSON
+    md = re.sub(" +", " ", render.to_markdown(t))
+    assert "Class acc. [95% CI]" in md and "| 0.93 [0.89, 0.96] |" in md
+    assert any("test accuracy 0.998" in n and "chance 0.10" in n for n in t.notes)
+    # no JSON at all: the column is there, blank, and the note says why
+    t = tables.build("5", metrics, "default")
+    assert t.df.class_acc.isna().all() and any("Class acc. is blank" in n for n in t.notes)
+    # the paper profile (ImageNet: no classifier) and unconditional FFHQ have no such column
+    assert "class_acc" not in tables.build("2", {r: fake_metrics(r, 1.0) for r in TABLE2_ROWS}, "paper").df
+    p = get_profile("default")
+    t3 = tables.build("3", {"small": fake_metrics("ffhq-1024", 1.0, n=p.fid_samples_ffhq_small),
+                            "full": fake_metrics("ffhq-1024", 1.0)}, "default")
+    assert "class_acc" not in t3.df
+
+
+def test_table_spec_drives_keys_and_scale():
+    from hdit.report.specs import TABLE_SPECS, table_spec
+
+    p = get_profile("default")
+    assert list(table_spec("1").scored(p)) == list(TABLE1_ROWS) and table_spec("1").flops == "table1"
+    t3 = table_spec("3").scored(p)
+    assert (t3["small"].count(p), t3["full"].count(p)) == (p.fid_samples_ffhq_small, p.fid_samples)
+    assert table_spec("4").scored(p)["imagenet-256"].inception
+    assert sorted(TABLE_SPECS) == ["1", "2", "3", "4", "5"]
+    with pytest.raises(ValueError, match="'6'"):
+        table_spec("6")
+    assert tables.table_scale("default", "1") == (f"default: shapes 32px, {p.steps} steps x batch {p.batch_size}, "
+                                                  f"{p.sample_steps} sampling steps, {p.fid_label()}")
+    assert tables.table_scale("paper", "1").startswith("paper protocol: imagenet-128")

@@ -1,11 +1,12 @@
-"""The Snakemake DAG: dry-runs of both profiles, config-schema rejection, lint and the resume contract. The
-whole paper DAG runs for real in tests/test_paper_smoke.py."""
+"""The Snakemake DAG: dry-runs of both profiles, config-schema rejection, lint, the resume contract and
+`snakemake --report` on a fabricated results tree. The whole paper DAG runs for real in tests/test_paper_smoke.py."""
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from hdit.profiles import get_profile, resolve
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SNAKEFILE = ROOT / "Snakefile"
 
 
-def snakemake(workdir, *args, cwd=ROOT, timeout=300):
+def snakemake(workdir, *args, cwd=ROOT, timeout=600):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
@@ -235,3 +236,71 @@ def test_killed_training_job_resumes_under_snakemake(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     done = json.loads((run_dir / "done.json").read_text())
     assert done["step"] == resolve("B1", "default").train.steps and done["resumed_from_step"] > 0
+
+
+def test_dag_does_not_depend_on_leftover_files_or_the_machine(tmp_path):
+    """`all` is the same DAG with or without benchmark JSON lying in results/bench; the scaling figure (and the
+    benchmarks) run only when asked for by name."""
+    before = snakemake(tmp_path, "-n", "all")
+    assert before.returncode == 0, before.stderr + before.stdout
+    (tmp_path / "results" / "bench").mkdir(parents=True)
+    (tmp_path / "results" / "bench" / "leftover.json").write_text("{}")
+    after = snakemake(tmp_path, "-n", "all")
+    assert after.returncode == 0 and job_counts(after.stdout) == job_counts(before.stdout)
+    assert "scaling_files" not in job_counts(after.stdout) and "bench" not in job_counts(after.stdout)
+    (tmp_path / "results" / "bench" / "leftover.json").unlink()
+    r = snakemake(tmp_path, "-n", "scaling")
+    assert r.returncode != 0 and "results/bench/ has no *.json" in r.stdout + r.stderr
+
+
+def fake_results_tree(root, rows=("skip-concat", "skip-add", "skip-lerp")):
+    """What training, sampling and scoring leave for Table 2 under the default profile (fabricated, no training):
+    annotated metrics with intervals, a class-accuracy JSON for one row, sample shards, run logs."""
+    import numpy as np
+
+    from hdit.io import save_npz, write_json, write_text
+    from hdit.report.runs import training_run
+
+    p = get_profile("default")
+    for i, row in enumerate(rows):
+        run = training_run(row, "default")
+        metrics = root / f"results/metrics/default/{run}/seed0-cfg1.0-fid{p.fid_samples}.json"
+        fid = 100.0 + 5 * i  # intervals of neighbours overlap, of the outer two not
+        write_json(metrics, {"config": run, "fid": fid, "fid_ci95": [fid - 3, fid + 3], "kid": 0.05,
+                             "kid_ci95": [0.04, 0.06], "n": p.fid_samples, "fid_mode": p.fid_mode})
+        steps = resolve(run, "default").sample.steps
+        samples = root / f"results/samples/default/{run}/seed0-cfg1.0-n{p.fid_samples}-steps{steps}"
+        labels = np.arange(40) % 10
+        save_npz(samples / "shard-00000.npz", images=np.full((40, 32, 32, 3), 40 * i, np.uint8), labels=labels)
+        write_json(samples / "meta.json", {"n": 40})
+        write_json(root / f"results/runs/default/{run}/done.json", {"step": p.steps})
+        write_text(root / f"results/runs/default/{run}/log.csv",
+                   "step,loss,lr,img_per_s,elapsed_s\n10,0.5,0.001,9.0,1\n20,0.4,0.001,9.5,2\n")
+    run = training_run(rows[0], "default")
+    write_json(root / f"results/metrics/default/{run}/seed0-cfg1.0-n{p.fid_samples}.classacc.json",
+               {"accuracy": 0.5, "accuracy_ci95": [0.43, 0.57], "n": 200, "chance": 0.1, "classifier": {}})
+
+
+def test_snakemake_report_of_what_has_been_built(tmp_path):
+    """Table 2 with its grid and curves made by the real rules from a fabricated results tree, then Snakemake's
+    own report: `snakemake --report` (default target `all`, most of it not built) shows exactly what exists,
+    each caption with the scale label."""
+    fake_results_tree(tmp_path)
+    rules = ["--allowed-rules", "table2", "table2_files", "table2_grid", "table2_curves"]
+    r = snakemake(tmp_path, "--cores", "1", "table2", *rules)
+    assert r.returncode == 0, r.stderr + r.stdout
+    tables_dir, figures_dir = tmp_path / "results" / "tables", tmp_path / "results" / "figures"
+    csv = pd.read_csv(tables_dir / "table2.csv").set_index("row")
+    assert csv.loc["skip-add", "fid_ci_hi"] == 108.0 and csv.loc["skip-concat", "class_acc"] == 0.5
+    assert csv.class_acc.isna().sum() == 2  # blank without a class-accuracy JSON
+    assert "(their 95% intervals overlap): skip-concat ~ skip-add; skip-add ~ skip-lerp" in (
+        tables_dir / "table2.md").read_text()
+    assert pd.read_csv(figures_dir / "grid-table2.csv").groupby("grid_row").size().tolist() == [20] * 4
+    report = tmp_path / "report.html"
+    r = snakemake(tmp_path, "--report", str(report))
+    assert r.returncode == 0, r.stderr + r.stdout
+    html = report.read_text()
+    for name in ("table2.html", "grid-table2.png", "curves-table2.png"):
+        assert name in html
+    assert "table1.html" not in html and "fig8.png" not in html  # not built, not reported
+    assert html.count("default: shapes 32px") >= 3  # the scale label in the table, grid and curves captions

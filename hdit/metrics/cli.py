@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kid-subsets", type=_positive, default=100)
     p.add_argument("--kid-subset-size", type=_positive, default=1000)
     p.add_argument("--is-splits", type=_positive, default=10)
-    p.add_argument("--seed", type=int, default=0, help="seed of the KID subsets")
+    p.add_argument("--fid-resamples", type=_positive, default=200,
+                   help="bootstrap resamples of the sample features for FID's 95%% interval")
+    p.add_argument("--seed", type=int, default=0, help="seed of the KID subsets and the FID bootstrap")
     p.add_argument("--format", choices=("json", "text"), default="text")
     p.add_argument("--out", type=Path, help="also write the JSON object here (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _text(r: dict) -> str:
     parts = [f"{r['label']} ({r['mode']})"]
     if "fid" in r:
-        parts += [f"fid={r['fid']:.4f}", f"kid={r['kid']:.6f}"]
+        (flo, fhi), (klo, khi) = r["fid_ci95"], r["kid_ci95"]
+        parts += [f"fid={r['fid']:.4f} [{flo:.4f}, {fhi:.4f}]", f"kid={r['kid']:.6f} [{klo:.6f}, {khi:.6f}]"]
     if r.get("is_mean") is not None:
         parts.append(f"is={r['is_mean']:.3f}+-{r['is_std']:.3f}")
     return " ".join(parts + [f"extractor={r['extractor_sha256'][:12]}"])
@@ -67,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
                                  inception_score=args.inception_score, device=args.device,
                                  cache_dir=args.cache_dir, batch_size=args.batch_size, workers=args.workers,
                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-                                 is_splits=args.is_splits, seed=args.seed, verbose=not args.quiet)
+                                 is_splits=args.is_splits, seed=args.seed, fid_resamples=args.fid_resamples,
+                                 verbose=not args.quiet)
     except (MetricsError, ExtractorError) as e:
         print(f"hdit fid: error: {error_text(e)}", file=sys.stderr)
         return 2

@@ -13,8 +13,8 @@ from hdit.metrics.images import MetricsError
 from hdit.metrics.inception import FEATURE_DIM, ExtractorError, InceptionNet, load_inception
 from hdit.metrics.reference import load_stats
 from hdit.metrics.refstats import DEFAULT_CACHE_DIR, reference_stats
-from hdit.metrics.scores import Moments, fid_label, frechet_distance, inception_score as is_score
-from hdit.metrics.scores import kernel_inception_distance
+from hdit.metrics.scores import (Moments, bootstrap_interval, fid_bootstrap, fid_label, frechet_distance,
+                                 inception_score as is_score, kid_subset_values, subset_interval)
 from hdit.provenance import provenance
 
 # The paper's numbers come from the ADM evaluator, which feeds images to the TF graph at their own size
@@ -43,13 +43,43 @@ def _reference(ref, net, mode, cache_dir, device, batch_size, workers, seed, ver
             "content_sha256": meta["content_sha256"], "selection": meta["selection"]}
 
 
+def _features(images, net, mode, device, batch_size, workers, name, verbose):
+    """(streamed moments, all feature rows [N, 2048], seconds) of a sample set."""
+    start, moments, feats = time.perf_counter(), Moments(FEATURE_DIM), []
+    for f in iter_features(images, net, mode, device, batch_size, workers, desc=f"samples {name}", verbose=verbose):
+        moments.update(f)
+        feats.append(f)
+    return moments, np.concatenate(feats), time.perf_counter() - start
+
+
+def _scores(moments: Moments, feats: np.ndarray, ref: dict, kid_subsets: int, kid_subset_size: int,
+            fid_resamples: int, seed: int) -> dict:
+    """FID and KID against the reference statistics, each with its 95% interval."""
+    mu, sigma = moments.mean_cov()
+    fid = frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
+    start = time.perf_counter()
+    boot = fid_bootstrap(feats, ref["mu"], ref["sigma"], fid_resamples, seed)
+    kid_values = kid_subset_values(feats, ref["kid_feats"], kid_subsets, kid_subset_size, seed)
+    return {"fid": fid, "fid_ci95": list(bootstrap_interval(fid, boot)),
+            "fid_bootstrap": {"resamples": fid_resamples, "seed": seed, "mean": float(boot.mean()),
+                              "std": float(boot.std()), "seconds": round(time.perf_counter() - start, 3),
+                              "method": "sample features resampled with replacement; percentile interval "
+                                        "re-centred on the measured FID (bias-corrected)"},
+            "kid": float(kid_values.mean()), "kid_ci95": list(subset_interval(kid_values)),
+            "kid_std": float(kid_values.std()), "kid_subsets": kid_subsets,
+            "kid_subset_size": min(len(feats), len(ref["kid_feats"]), kid_subset_size)}
+
+
 def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str = DEFAULT_MODE,
                     inception_score: bool | str = False, device=None, cache_dir=DEFAULT_CACHE_DIR,
                     batch_size: int | None = None, workers: int | None = None, kid_subsets: int = 100,
-                    kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0,
+                    kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0, fid_resamples: int = 200,
                     net: InceptionNet | None = None, verbose: bool = True) -> dict:
     """FID + KID against the reference set `ref_dir` (stats cached) and/or the Inception Score of exactly
     `n` samples (None: all samples in the directory) -> one JSON-able dict.
+
+    Every FID and KID carries a 95% interval (`fid_ci95`, `kid_ci95`): FID from `fid_resamples` bootstrap
+    resamples of the sample features (seeded by `seed`), KID from the spread of its own subsets.
 
     inception_score: True = required (error without a classifier head); "if-available" = computed when the
     Inception file has its 1008-way output layer, else recorded as unavailable (`is_mean` None + reason)."""
@@ -81,20 +111,11 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
         if ref["resolution"] != result["resolution"]:
             raise MetricsError(f"samples are {result['resolution']} px but the reference set {ref_dir} is "
                                f"{ref['resolution']} px; expected the same resolution")
-    start, moments, feats = time.perf_counter(), Moments(FEATURE_DIM), []
-    for f in iter_features(images, net, mode, device, batch_size, workers, desc=f"samples {samples_dir.name}",
-                           verbose=verbose):
-        moments.update(f)
-        feats.append(f)
-    seconds = time.perf_counter() - start
-    feats = np.concatenate(feats)
+    moments, feats, seconds = _features(images, net, mode, device, batch_size, workers, samples_dir.name, verbose)
     result.update(feature_seconds=round(seconds, 3), images_per_second=round(count / seconds, 3))
     if ref is not None:
-        mu, sigma = moments.mean_cov()
-        result["fid"] = frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
-        result["kid"] = kernel_inception_distance(feats, ref["kid_feats"], kid_subsets, kid_subset_size, seed)
-        result.update(kid_subsets=kid_subsets, kid_subset_size=min(count, len(ref["kid_feats"]), kid_subset_size),
-                      ref_dir=str(ref_dir), ref_n=ref["n"], ref_stats_key=ref["key"], ref_stats_path=ref["path"],
+        result.update(_scores(moments, feats, ref, kid_subsets, kid_subset_size, fid_resamples, seed))
+        result.update(ref_dir=str(ref_dir), ref_n=ref["n"], ref_stats_key=ref["key"], ref_stats_path=ref["path"],
                       ref_stats_cached=ref["cached"], ref_content_sha256=ref["content_sha256"],
                       ref_selection=ref.get("selection"))
     if inception_score:

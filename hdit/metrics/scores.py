@@ -32,14 +32,21 @@ class Moments:
         return mu, (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Tr((S1 S2)^1/2) without a matrix square root: with S2 = F F^T (pivoted Cholesky, exact for a
-    singular PSD S2, e.g. fewer samples than dimensions), S1 S2 has the eigenvalues of the PSD F^T S1 F."""
-    chol, piv, rank, info = scipy.linalg.lapack.dpstrf(sigma2, lower=1)
+def psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """F with F F^T = sigma for a symmetric PSD sigma (pivoted Cholesky; exact for a singular sigma, e.g. fewer
+    samples than dimensions): [d, rank]."""
+    chol, piv, rank, info = scipy.linalg.lapack.dpstrf(sigma, lower=1)
     if info < 0:
         raise MetricsError(f"pivoted Cholesky failed (LAPACK info {info})")
-    factor = np.zeros((len(sigma2), rank))
+    factor = np.zeros((len(sigma), rank))
     factor[piv - 1] = np.tril(chol)[:, :rank]
+    return factor
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((S1 S2)^1/2) without a matrix square root: with S2 = F F^T, S1 S2 has the eigenvalues of the PSD
+    F^T S1 F."""
+    factor = psd_factor(sigma2)
     eig = np.linalg.eigvalsh(factor.T @ sigma1 @ factor)
     return float(np.sqrt(np.clip(eig, 0, None)).sum())
 
@@ -64,24 +71,99 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return fid
 
 
-def kernel_inception_distance(feats1: np.ndarray, feats2: np.ndarray, subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random
-    subsets of size min(n1, n2, subset_size) (Binkowski et al. 2018; clean-fid's `kernel_distance`
-    defaults, with a seeded generator)."""
+def _trace_roots(g: np.ndarray, w: np.ndarray, c: float, max_bytes: float = 64e6) -> np.ndarray:
+    """Tr((S_b S_ref)^1/2) for every weight row w_b, with G = X F (S_ref = F F^T) and S_b = c (X^T diag(w_b) X -
+    mu_b mu_b^T): F^T S_b F = H^T H with H = c^1/2 diag(w_b)^1/2 (G - 1 g_b^T), g_b = G^T w_b. Its non-zero
+    eigenvalues are those of H H^T (n x n, built from the Gram matrix G G^T once) or of H^T H (rank x rank):
+    whichever is smaller is decomposed, batched over resamples."""
+    n, r = g.shape
+    m = min(n, r)
+    chunk = max(1, int(max_bytes // (8 * m * m)))
+    gram = g @ g.T if n <= r else None
+    roots = []
+    for wb in np.array_split(w, range(chunk, len(w), chunk)):
+        if gram is not None:
+            kw = wb @ gram  # [B, n]: (G g_b)
+            wkw = (kw * wb).sum(1)  # g_b . g_b
+            centred = gram[None] - kw[:, :, None] - kw[:, None, :] + wkw[:, None, None]
+            sw = np.sqrt(wb)
+            mats = c * sw[:, :, None] * centred * sw[:, None, :]
+        else:
+            gb = wb @ g  # [B, r]
+            mats = c * ((g.T[None] * wb[:, None, :]) @ g - gb[:, :, None] * gb[:, None, :])
+        eig = np.linalg.eigvalsh(mats)
+        roots.append(np.sqrt(np.clip(eig, 0, None)).sum(1))
+    return np.concatenate(roots)
+
+
+def fid_bootstrap(feats: np.ndarray, mu_ref, sigma_ref, resamples: int = 200, seed: int = 0) -> np.ndarray:
+    """FIDs of `resamples` bootstrap resamples of the sample features (n rows drawn with replacement from a
+    seeded generator) against fixed reference statistics.
+
+    A resample is a weight vector w = counts / n over the rows of X: mean w X, covariance
+    n / (n - 1) (X^T diag(w) X - mu mu^T). The trace terms follow from per-row sums and the trace root from one
+    small symmetric eigenproblem per resample (`_trace_roots`), so no 2048 x 2048 covariance is formed."""
+    x = np.asarray(feats, np.float64)
+    n = len(x)
+    if n < 2 or resamples < 1:
+        raise MetricsError(f"FID bootstrap over {n} sample(s) with {resamples} resamples; expected n >= 2, "
+                           "resamples >= 1")
+    mu_ref = np.asarray(mu_ref, np.float64)
+    s2 = np.asarray(sigma_ref, np.float64)
+    s2 = (s2 + s2.T) / 2
+    rng = np.random.default_rng(seed)
+    w = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]) / n
+    c = n / (n - 1)
+    mu = w @ x
+    tr1 = c * (w @ np.einsum("nd,nd->n", x, x) - np.einsum("bd,bd->b", mu, mu))
+    diff = mu - mu_ref
+    root = _trace_roots(x @ psd_factor(s2), w, c)
+    return np.einsum("bd,bd->b", diff, diff) + tr1 + np.trace(s2) - 2 * root
+
+
+def bootstrap_interval(point: float, boot: np.ndarray, level: float = 0.95, floor: float | None = 0.0):
+    """Bias-corrected percentile interval: the bootstrap quantiles shifted by (point - bootstrap mean).
+
+    Resampling with replacement repeats rows, which shifts the resampled FIDs up (FID-n is biased by the sample
+    count); the spread of the bootstrap distribution is kept and its centre moved onto the measured value, so the
+    interval describes the measured FID-n and contains it. `floor`: the metric's lower bound (FID >= 0)."""
+    boot = np.asarray(boot, np.float64)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) + (point - boot.mean())
+    if floor is not None:
+        lo, hi = max(floor, lo), max(floor, hi)
+    return float(lo), float(hi)
+
+
+def kid_subset_values(feats1: np.ndarray, feats2: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                      seed: int = 0) -> np.ndarray:
+    """Unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3 on each of `subsets` random
+    subsets of size min(n1, n2, subset_size) (Binkowski et al. 2018; clean-fid's `kernel_distance` defaults,
+    with a seeded generator) -> one value per subset."""
     f1, f2 = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
     d, m = f1.shape[1], min(len(f1), len(f2), subset_size)
     if m < 2:
         raise MetricsError(f"KID needs at least 2 samples per set, got {len(f1)} and {len(f2)}")
     rng = np.random.default_rng(seed)
-    total = 0.0
-    for _ in range(subsets):
+    values = np.empty(subsets)
+    for i in range(subsets):
         x = f2[rng.choice(len(f2), m, replace=False)]
         y = f1[rng.choice(len(f1), m, replace=False)]
         k_xx, k_yy, k_xy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
         within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
-        total += within - 2 * k_xy.sum() / m**2
-    return float(total / subsets)
+        values[i] = within - 2 * k_xy.sum() / m**2
+    return values
+
+
+def kernel_inception_distance(feats1: np.ndarray, feats2: np.ndarray, subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 0) -> float:
+    """KID: the mean of `kid_subset_values`."""
+    return float(kid_subset_values(feats1, feats2, subsets, subset_size, seed).mean())
+
+
+def subset_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """KID's own spread: the central `level` quantiles of its per-subset values."""
+    lo, hi = np.quantile(np.asarray(values, np.float64), [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:

@@ -22,13 +22,28 @@ from hdit.report.tables import complexity, gflops_slope  # noqa: E402
 FIG2_CONFIGS = {"E": "HDiT-B/4 (ours, step E)", "R1": "DiT-B/4", "diffit-ffhq64": "DiffiT (image space, L = 4)"}
 
 
-def save(fig, df: pd.DataFrame, out_prefix: str | Path) -> list[Path]:
-    out_prefix = Path(out_prefix)
-    paths = [out_prefix.with_suffix(s) for s in (".png", ".pdf", ".csv")]
-    for p in paths[:2]:
+FIGURE_SUFFIXES = (".png", ".pdf", ".csv")
+
+
+def outputs(out) -> list[Path]:
+    """The files a figure is written to: explicit paths (any of .png, .pdf, .csv), or a prefix -> all three."""
+    paths = [Path(p) for p in out] if isinstance(out, (list, tuple)) else [Path(out).with_suffix(s)
+                                                                         for s in FIGURE_SUFFIXES]
+    bad = [str(p) for p in paths if p.suffix not in FIGURE_SUFFIXES]
+    if bad or not paths:
+        raise ValueError(f"figure output {bad or paths}: expected files ending in {', '.join(FIGURE_SUFFIXES)}")
+    return paths
+
+
+def save(fig, df: pd.DataFrame, out) -> list[Path]:
+    """Write the figure (.png, .pdf) and the data behind it (.csv) atomically to `outputs(out)`."""
+    paths = outputs(out)
+    for p in paths:
+        if p.suffix == ".csv":
+            io.write_text(p, df.to_csv(index=False, float_format="%.6g"))
+            continue
         with io.atomic_path(p) as tmp:
             fig.savefig(tmp, format=p.suffix[1:], dpi=150, bbox_inches="tight")
-    io.write_text(paths[2], df.to_csv(index=False, float_format="%.6g"))
     plt.close(fig)
     return paths
 
@@ -54,7 +69,7 @@ def top_slope(d: pd.DataFrame) -> float:
     return gflops_slope(lo.gflops, hi.gflops, lo.resolution, hi.resolution)
 
 
-def fig2(flops: list[dict], out_prefix: str | Path, annotate_at: int = 1024) -> list[Path]:
+def fig2(flops: list[dict], out, annotate_at: int = 1024) -> list[Path]:
     """Computational cost vs target resolution (paper Figure 2), log-log, ratio annotated at 1024 px."""
     df = fig2_frame(flops)
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
@@ -77,7 +92,7 @@ def fig2(flops: list[dict], out_prefix: str | Path, annotate_at: int = 1024) -> 
     ax.minorticks_off()
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
-    return save(fig, df, out_prefix)
+    return save(fig, df, out)
 
 
 def _ratio(df: pd.DataFrame, res: int) -> float:
@@ -96,7 +111,7 @@ def fig8_frame(gamma: float = 5.0, sigma_min: float = 1e-2, sigma_max: float = 1
                          "snr": weighting("snr", sigma, gamma).numpy(), "gamma": gamma})
 
 
-def fig8(out_prefix: str | Path, gamma: float = 5.0) -> list[Path]:
+def fig8(out, gamma: float = 5.0) -> list[Path]:
     """Loss weight over sigma (x0 space, paper eq. 7-9): min-SNR (blue) vs soft-min-SNR (orange)."""
     df = fig8_frame(gamma)
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
@@ -106,7 +121,7 @@ def fig8(out_prefix: str | Path, gamma: float = 5.0) -> list[Path]:
            title="Figure 8: loss weighting over σ")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return save(fig, df, out_prefix)
+    return save(fig, df, out)
 
 
 def fig9_frame(metrics: list[dict]) -> pd.DataFrame:
@@ -119,7 +134,7 @@ def fig9_frame(metrics: list[dict]) -> pd.DataFrame:
     return df
 
 
-def fig9(metrics: list[dict], out_prefix: str | Path, paper_best: dict | None = None) -> list[Path]:
+def fig9(metrics: list[dict], out, paper_best: dict | None = None) -> list[Path]:
     """IS vs FID over CFG scales (paper Figure 9) for the ImageNet-256 config as trained by the profile."""
     df = fig9_frame(metrics)
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
@@ -144,4 +159,4 @@ def fig9(metrics: list[dict], out_prefix: str | Path, paper_best: dict | None = 
         text += (f"\npaper (ImageNet-256, FID-50k, not comparable): best FID {paper_best['fid']} / "
                  f"IS {paper_best['is']} at w = {paper_best['cfg_scale']}")
     fig.text(0.0, -0.02, text, fontsize=6, va="top", wrap=True)
-    return save(fig, df, out_prefix)
+    return save(fig, df, out)

@@ -4,8 +4,7 @@ The paper reports the same model under several names: Table 1 step E is Table 2'
 Interpolation" and Table 5's "Soft-Min-SNR (gamma = 4)"; Table 5's "SNR" is Table 1 step D. Two rows may
 share one training run only if the configs they resolve to under a profile train the same model (equal
 `RunConfig.training_key`, equal step count) and sample it the same way. This module decides that from
-`resolve(...)`, never
-from a hand-written list, so a registry or profile change that makes two rows differ splits them again.
+`resolve(...)`, never from a hand-written list, so a registry or profile change that makes two rows differ splits them again.
 """
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import functools
 
 from hdit.configs import REGISTRY
 from hdit.profiles import resolve
+
 
 def signature(config_id: str, profile: str) -> tuple:
     """What a row's run is: its training identity (`RunConfig.training_key`, the trainer's and the workflow's

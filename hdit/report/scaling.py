@@ -118,8 +118,9 @@ def _loglog(ax, xs, title, ylabel):
     ax.grid(alpha=0.3, which="both")
 
 
-def render_scaling(bench_jsons, flops_csv, out_prefix) -> list[Path]:
-    """Write OUT.png, OUT.pdf and OUT.csv (atomically). Raises ValueError without scaling records."""
+def render_scaling(bench_jsons, flops_csv, out) -> list[Path]:
+    """Write the figure to `out` (a prefix for OUT.png, OUT.pdf and OUT.csv, or explicit paths), atomically.
+    Raises ValueError without scaling records."""
     meas, flops = load_scaling(bench_jsons), load_flops(flops_csv)
     rat = ratios(meas, flops)
     fig, axes = plt.subplots(2, 2, figsize=(10, 8))
@@ -172,4 +173,4 @@ def render_scaling(bench_jsons, flops_csv, out_prefix) -> list[Path]:
                                                              "device": "where"})
         table = table.merge(wall[["where", "resolution", "wall_ratio_dit_over_hdit"]], on=["where", "resolution"],
                             how="left")
-    return save(fig, table, out_prefix)
+    return save(fig, table, out)

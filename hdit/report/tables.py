@@ -2,20 +2,27 @@
 scale it was measured at.
 
 Inputs are the files the workflow writes: annotated metrics JSON (`hdit.report.annotate`) keyed by
-paper row, and the FLOP counter's JSON (paper scale). Paper values come only from `hdit.reference`.
+paper row, the FLOP counter's JSON (paper scale) and, where the profile's data has known classes, the
+class-accuracy JSON of each sample set (`hdit classify`). Paper values come only from `hdit.reference`.
 Literature rows of Tables 3 and 4 are cited values and are labelled as such.
+
+Every measured FID and KID is shown with the 95% interval stored beside it in the metrics JSON
+(`hdit.metrics`: a bootstrap over the samples for FID, the spread of KID's subsets); where two rows' intervals
+overlap, the table's notes say that their difference is not resolved at this scale.
 """
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
-from hdit.configs import TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, TABLE_DIFFIT_ROWS, get_config
+from hdit.configs import TABLE1_ROWS, TABLE_DIFFIT_ROWS, get_config
 from hdit.profiles import Profile, get_profile, resolve
 from hdit.reference import paper_values
 from hdit.report.render import Column, Table
 from hdit.report.runs import rows_of_run, training_run
+from hdit.report.specs import table_spec
 
 TABLE1_RESOLUTIONS = (128, 256, 512)  # the paper's GFLOP columns
 CITED = "cited from the paper"
@@ -27,6 +34,15 @@ def scale(profile: Profile, config_id: str, n: int | None = None) -> str:
     """Profile.scale_label for a row, with the FID sample count actually used (Table 3 has two)."""
     label = profile.scale_label(get_config(config_id))
     return label if n in (None, profile.fid_samples) else label.replace(profile.fid_label(), profile.fid_label(n))
+
+
+def table_scale(profile: Profile | str, number: str) -> str:
+    """The scale of a whole table, for captions: its rows' Scale labels without what differs between rows (the
+    widths of each architecture), e.g. 'default: shapes 32px, 200 steps x batch 32, 25 sampling steps, FID-200'."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    labels = [re.sub(r", widths \[[^\]]*\]", "", scale(profile, s.config, s.count(profile)))
+              for s in table_spec(number).scored(profile).values()]
+    return "; ".join(dict.fromkeys(labels))
 
 
 def is_paper_protocol(profile: Profile) -> bool:
@@ -106,16 +122,41 @@ def check_current(m: dict, row: str, profile: Profile) -> None:
                          f"results/runs/{profile.name}/{run} if training refuses to resume)")
 
 
-def _fid_columns(profile: Profile, row: str, m: dict, paper_fid) -> dict:
+def _interval(m: dict, key: str) -> tuple[float, float]:
+    ci = m.get(key)
+    return (float("nan"), float("nan")) if not ci else (float(ci[0]), float(ci[1]))
+
+
+def has_class_accuracy(row: str, profile: Profile) -> bool:
+    """Class accuracy needs known classes: class-conditional runs on the embedded shapes data (issue 13)."""
+    r = resolve(row, profile.name)
+    return r.data.name == "shapes" and r.model.num_classes > 0
+
+
+def _class_acc_columns(acc: dict | None) -> dict:
+    acc = acc or {}
+    lo, hi = _interval(acc, "accuracy_ci95")
+    return {"class_acc": _num(acc.get("accuracy")), "class_acc_ci_lo": lo, "class_acc_ci_hi": hi,
+            "class_acc_n": acc.get("n")}
+
+
+def _fid_columns(profile: Profile, row: str, m: dict, paper_fid, class_acc: dict | None = None) -> dict:
     check_current(m, row, profile)
-    return {"measured_fid": _num(m.get("fid")), "paper_fid": _num(paper_fid),
-            "delta_fid": delta(m.get("fid"), paper_fid), "n_samples": m.get("n"), "fid_mode": m.get("fid_mode"),
+    (fid_lo, fid_hi), (kid_lo, kid_hi) = _interval(m, "fid_ci95"), _interval(m, "kid_ci95")
+    cols = {"measured_fid": _num(m.get("fid")), "fid_ci_lo": fid_lo, "fid_ci_hi": fid_hi, "paper_fid": _num(paper_fid),
+            "delta_fid": delta(m.get("fid"), paper_fid), "measured_kid": _num(m.get("kid")), "kid_ci_lo": kid_lo,
+            "kid_ci_hi": kid_hi, "n_samples": m.get("n"), "fid_mode": m.get("fid_mode"),
             "run": m.get("config", training_run(row, profile.name)), "profile": profile.name,
             "scale": scale(profile, row, m.get("n"))}
+    if has_class_accuracy(row, profile):
+        cols.update(_class_acc_columns(class_acc))
+    return cols
 
 
-FID_DISPLAY = [Column("measured_fid", "FID (measured)", "{:.2f}"), Column("paper_fid", "FID (paper)", "{:.2f}"),
-               Column("delta_fid", "Δ FID", "{:+.2f}")]
+FID_DISPLAY = [Column("measured_fid", "FID (measured) [95% CI]", "{:.2f}", ci=("fid_ci_lo", "fid_ci_hi")),
+               Column("paper_fid", "FID (paper)", "{:.2f}"), Column("delta_fid", "Δ FID", "{:+.2f}"),
+               Column("measured_kid", "KID×10³ [95% CI]", "{:.1f}", ci=("kid_ci_lo", "kid_ci_hi"), factor=1e3)]
+CLASS_ACC_DISPLAY = Column("class_acc", "Class acc. [95% CI]", "{:.2f}", ci=("class_acc_ci_lo", "class_acc_ci_hi"))
 TAIL_DISPLAY = [Column("run", "Run"), Column("n_samples", "n", "{:d}"), Column("scale", "Scale")]
 
 
@@ -124,9 +165,67 @@ def _caption(title: str, profile: Profile) -> str:
     return f"{title} Measured under {where}; paper values beside them."
 
 
+def fid_display(df: pd.DataFrame) -> list[Column]:
+    """The measured-value columns, with Class acc. where the table's rows have it."""
+    return FID_DISPLAY + ([CLASS_ACC_DISPLAY] if "class_acc" in df else [])
+
+
+# ----------------------------------------------------------------------------- notes: intervals, class accuracy
+
+def overlapping(df: pd.DataFrame, lo: str, hi: str) -> list[tuple[str, str]]:
+    """Pairs of rows (of different runs) whose intervals [lo, hi] overlap, in table order."""
+    measured = df.dropna(subset=[lo, hi]).reset_index(drop=True)
+    pairs = []
+    for i, a in measured.iterrows():
+        for _, b in measured.iloc[i + 1:].iterrows():
+            if a["run"] != b["run"] and a[lo] <= b[hi] and b[lo] <= a[hi]:
+                pairs.append((a["row"], b["row"]))
+    return pairs
+
+
+def resolution_note(df: pd.DataFrame, metric: str, lo: str, hi: str) -> str | None:
+    """Which differences between rows the 95% intervals of `metric` resolve at this scale."""
+    if lo not in df or df.dropna(subset=[lo, hi])["run"].nunique() < 2:
+        return None
+    pairs = overlapping(df, lo, hi)
+    if not pairs:
+        return f"{metric}: the 95% intervals of all rows are disjoint; every difference between rows is resolved."
+    by_first: dict[str, list[str]] = {}
+    for a, b in pairs:
+        by_first.setdefault(a, []).append(b)
+    listed = "; ".join(f"{a} ~ {', '.join(bs)}" for a, bs in by_first.items())
+    return (f"{metric}: the differences between these rows are NOT resolved at this scale (their 95% intervals "
+            f"overlap): {listed}.")
+
+
+def interval_notes(df: pd.DataFrame) -> list[str]:
+    if "fid_ci_lo" not in df or df.fid_ci_lo.isna().all():
+        return []
+    notes = ["[95% CI]: FID from a bootstrap over the scored samples (their Inception features resampled with "
+             "replacement, FID recomputed; seeded), KID from the spread of its random subsets. They cover the "
+             "sampling noise of the score only: another training run of the same row (other seed or machine) "
+             "can move it further."]
+    return notes + [n for n in (resolution_note(df, "FID", "fid_ci_lo", "fid_ci_hi"),
+                                resolution_note(df, "KID", "kid_ci_lo", "kid_ci_hi")) if n]
+
+
+def class_acc_notes(df: pd.DataFrame, class_acc: dict[str, dict] | None) -> list[str]:
+    if "class_acc" not in df:
+        return []
+    found = [a for a in (class_acc or {}).values() if a and a.get("accuracy") is not None]
+    if not found:
+        return ["Class acc. is blank: no class-accuracy JSON (`hdit classify`) was given for these runs."]
+    clf = found[0].get("classifier") or {}
+    test = clf.get("test_accuracy")
+    return [f"Class acc.: the fraction of a row's samples that a classifier trained on the shapes training split "
+            f"({'test accuracy ' + format(test, '.3f') + ', ' if test is not None else ''}chance "
+            f"{found[0].get('chance', float('nan')):.2f}) assigns to their conditioning class; 95% interval beside it."]
+
+
 # ----------------------------------------------------------------------------- Tables 1, 2, 5
 
-def table1(metrics: dict[str, dict], flops: list[dict], profile: Profile | str) -> Table:
+def table1(metrics: dict[str, dict], flops: list[dict], profile: Profile | str,
+           class_acc: dict[str, dict] | None = None) -> Table:
     """Table 1: FID and GFLOPs (128/256/512, paper scale) of the ablation rows R1-R4, A-E."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
     paper = paper_values()["table1"]
@@ -140,13 +239,14 @@ def table1(metrics: dict[str, dict], flops: list[dict], profile: Profile | str) 
         g = {r: float(counted[row, r]["gflops"]) for r in TABLE1_RESOLUTIONS}
         slope = gflops_slope(g[256], g[512], 256, 512)
         p = paper[row]
-        rows.append({"row": row, "title": p["title"], **_fid_columns(profile, row, metrics[row], p["fid"]),
+        rows.append({"row": row, "title": p["title"],
+                     **_fid_columns(profile, row, metrics[row], p["fid"], (class_acc or {}).get(row)),
                      **{f"gflops_{r}": g[r] for r in TABLE1_RESOLUTIONS},
                      **{f"paper_gflops_{r}": _num(p[f"gflops_{r}"]) for r in TABLE1_RESOLUTIONS},
                      "complexity": complexity(slope), "complexity_slope": slope,
                      "paper_complexity": p["complexity"], "params_128": counted[row, 128].get("params")})
     df = pd.DataFrame(rows)
-    display = [Column("row", "Row"), Column("title", "Configuration"), *FID_DISPLAY,
+    display = [Column("row", "Row"), Column("title", "Configuration"), *fid_display(df),
                *[Column(f"gflops_{r}", f"GFLOP@{r}", "{:.2f}") for r in TABLE1_RESOLUTIONS],
                *[Column(f"paper_gflops_{r}", f"paper GFLOP@{r}", "{:.0f}") for r in TABLE1_RESOLUTIONS],
                Column("complexity", "Complexity"), Column("complexity_slope", "slope", "{:.2f}"),
@@ -157,42 +257,44 @@ def table1(metrics: dict[str, dict], flops: list[dict], profile: Profile | str) 
              "adaptation (one new outer level per doubling).",
              "Complexity is derived from the counted GFLOPs: slope = d log(GFLOPs) / d log(pixel count) "
              "between 256 and 512 px, rounded to O(n^k).",
-             *_sharing_note(TABLE1_ROWS, profile)]
-    return Table("table1", _caption("Ablation of the architecture and training steps (ImageNet-128 in the paper).",
-                                    profile), df, display, notes)
+             *_sharing_note(TABLE1_ROWS, profile), *interval_notes(df), *class_acc_notes(df, class_acc)]
+    return Table("table1", _caption(table_spec("1").title, profile), df, display, notes)
 
 
-def _fid_table(name: str, title: str, ids, section: str, metrics: dict, profile: Profile | str) -> Table:
+def _fid_table(number: str, section: str, metrics: dict, profile: Profile | str,
+               class_acc: dict[str, dict] | None = None) -> Table:
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    paper = paper_values()[section]
+    spec, paper = table_spec(number), paper_values()[section]
+    ids = list(spec.scored(profile))
     need(metrics, ids)
-    rows = [{"row": r, "title": paper[r]["title"], **_fid_columns(profile, r, metrics[r], paper[r]["fid"])}
-            for r in ids]
-    display = [Column("row", "Row"), Column("title", "Configuration"), *FID_DISPLAY, *TAIL_DISPLAY]
+    df = pd.DataFrame([{"row": r, "title": paper[r]["title"],
+                        **_fid_columns(profile, r, metrics[r], paper[r]["fid"], (class_acc or {}).get(r))}
+                       for r in ids])
+    display = [Column("row", "Row"), Column("title", "Configuration"), *fid_display(df), *TAIL_DISPLAY]
     notes = [_protocol_note(profile, "FID-50k on ImageNet-128 after 400k steps at batch 256"),
-             *_sharing_note(ids, profile)]
-    return Table(name, _caption(title, profile), pd.DataFrame(rows), display, notes)
+             *_sharing_note(ids, profile), *interval_notes(df), *class_acc_notes(df, class_acc)]
+    return Table(spec.name, _caption(spec.title, profile), df, display, notes)
 
 
-def table2(metrics: dict[str, dict], profile: Profile | str) -> Table:
-    return _fid_table("table2", "Skip information merging mechanism (on top of step E).", TABLE2_ROWS,
-                      "table2", metrics, profile)
+def table2(metrics: dict[str, dict], profile: Profile | str, class_acc: dict[str, dict] | None = None) -> Table:
+    return _fid_table("2", "table2", metrics, profile, class_acc)
 
 
-def table5(metrics: dict[str, dict], profile: Profile | str) -> Table:
-    return _fid_table("table5", "Loss weighting ablation (step E's model).", TABLE5_ROWS, "table5",
-                      metrics, profile)
+def table5(metrics: dict[str, dict], profile: Profile | str, class_acc: dict[str, dict] | None = None) -> Table:
+    return _fid_table("5", "table5", metrics, profile, class_acc)
 
 
 # ----------------------------------------------------------------------------- Tables 3, 4
 
 def _cited(r: dict, extra: dict) -> dict:
     return {"row": r["method"], "group": r["group"], "source": CITED, "measured_fid": float("nan"),
-            "paper_fid": _num(r["fid"]), "delta_fid": float("nan"), "run": None, "profile": None,
+            "fid_ci_lo": float("nan"), "fid_ci_hi": float("nan"), "paper_fid": _num(r["fid"]),
+            "delta_fid": float("nan"), "measured_kid": float("nan"), "kid_ci_lo": float("nan"),
+            "kid_ci_hi": float("nan"), "run": None, "profile": None,
             "scale": f"{CITED} (paper protocol, FID-{r.get('n_samples', 50000) // 1000}k)", **extra}
 
 
-def table3(metrics: dict[str, dict], profile: Profile | str) -> Table:
+def table3(metrics: dict[str, dict], profile: Profile | str, class_acc: dict[str, dict] | None = None) -> Table:
     """Table 3, FFHQ-1024. `metrics` has keys 'small' (fid_samples_ffhq_small) and 'full' (fid_samples)."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
     small_n_paper = get_profile("paper").fid_samples_ffhq_small
@@ -205,15 +307,17 @@ def table3(metrics: dict[str, dict], profile: Profile | str) -> Table:
         m = metrics["small" if r["n_samples"] == small_n_paper else "full"]
         rows.append({"row": r["method"], "group": r["group"], "source": "measured", "paper_n": r["n_samples"],
                      **_fid_columns(profile, r["config"], m, r["fid"])})
-    df = pd.DataFrame(rows)[["row", "group", "source", "measured_fid", "paper_fid", "delta_fid", "n_samples",
-                            "paper_n", "fid_mode", "run", "profile", "scale"]]
-    display = [Column("row", "Method"), Column("group", "Group"), *FID_DISPLAY, Column("n_samples", "n", "{:.0f}"),
+    df = pd.DataFrame(rows)[["row", "group", "source", "measured_fid", "fid_ci_lo", "fid_ci_hi", "paper_fid",
+                            "delta_fid", "measured_kid", "kid_ci_lo", "kid_ci_hi", "n_samples", "paper_n", "fid_mode",
+                            "run", "profile", "scale"]]
+    display = [Column("row", "Method"), Column("group", "Group"), *fid_display(df), Column("n_samples", "n", "{:.0f}"),
                Column("paper_n", "paper n", "{:d}"), Column("scale", "Scale")]
     notes = [_protocol_note(profile, "FID on FFHQ-1024 after 1M steps (HDiT-85M)"),
              "Literature rows are cited from the paper (not measured here).",
              f"Our two rows score two sample sets of the same run, {profile.fid_samples_ffhq_small} and "
-             f"{profile.fid_samples} images (profile '{profile.name}'), like the paper's 5k and 50k rows."]
-    return Table("table3", _caption("FFHQ-1024.", profile), df, display, notes)
+             f"{profile.fid_samples} images (profile '{profile.name}'), like the paper's 5k and 50k rows.",
+             *interval_notes(df)]
+    return Table("table3", _caption(table_spec("3").title, profile), df, display, notes)
 
 
 def _millions(n) -> str | None:
@@ -222,7 +326,7 @@ def _millions(n) -> str | None:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-def table4(metrics: dict, profile: Profile | str) -> Table:
+def table4(metrics: dict, profile: Profile | str, class_acc: dict | None = None) -> Table:
     """Table 4, ImageNet-256 without CFG: FID, IS, params, samples seen, sampling steps."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
     rows = []
@@ -236,13 +340,14 @@ def table4(metrics: dict, profile: Profile | str) -> Table:
         train, sample = m.get("train", {}), m.get("sample", {})
         seen = train["steps"] * train["batch_size"] if train.get("steps") and train.get("batch_size") else None
         rows.append({"row": r["method"], "group": r["group"], "source": "measured",
-                     **_fid_columns(profile, r["config"], m, r["fid"]), "measured_is": _num(m.get("is_mean")),
+                     **_fid_columns(profile, r["config"], m, r["fid"], class_acc),
+                     "measured_is": _num(m.get("is_mean")),
                      "delta_is": delta(m.get("is_mean"), r["is"]), **paper,
                      "measured_params": train.get("params"), "measured_params_str": _millions(train.get("params")),
                      "measured_samples_seen": seen, "measured_samples_seen_str": _millions(seen),
                      "measured_steps": sample.get("steps"), "cfg_scale": sample.get("cfg_scale")})
     df = pd.DataFrame(rows)
-    display = [Column("row", "Method"), Column("group", "Group"), *FID_DISPLAY,
+    display = [Column("row", "Method"), Column("group", "Group"), *fid_display(df),
                Column("measured_is", "IS (measured)", "{:.2f}"), Column("paper_is", "IS (paper)", "{:.1f}"),
                Column("measured_params_str", "Params"), Column("paper_params", "paper Params"),
                Column("measured_samples_seen_str", "Samples seen"),
@@ -251,8 +356,9 @@ def table4(metrics: dict, profile: Profile | str) -> Table:
     notes = [_protocol_note(profile, "FID@50k and IS@50k on ImageNet-256 without CFG (HDiT-557M, 2.2M steps)"),
              "Literature rows are cited from the paper (not measured here).",
              "Our row: params of the model as trained under the profile; samples seen = training steps x batch "
-             "size; steps = sampler steps, no classifier-free guidance (w = 1)."]
-    return Table("table4", _caption("ImageNet-256 without guidance.", profile), df, display, notes)
+             "size; steps = sampler steps, no classifier-free guidance (w = 1).", *interval_notes(df),
+             *class_acc_notes(df, {"ours": class_acc} if class_acc else None)]
+    return Table("table4", _caption(table_spec("4").title, profile), df, display, notes)
 
 
 # ----------------------------------------------------------------------------- DiffiT beside E and DiT-B/4
@@ -317,3 +423,23 @@ def table_diffit(metrics: dict[str, dict], flops: list[dict], profile: Profile |
              *_sharing_note(TABLE_DIFFIT_ROWS, profile)]
     return Table("table_diffit", _caption("DiffiT (image space) beside HDiT (step E) and DiT-B/4 at matched "
                                           "training compute.", profile), df, display, notes)
+
+
+# ----------------------------------------------------------------------------- one entry point per table number
+
+def build(number: str, metrics: dict[str, dict], profile: Profile | str, flops: list[dict] | None = None,
+          class_acc: dict[str, dict] | None = None) -> Table:
+    """Table `number` from its metrics (keyed as in `hdit.report.specs`), FLOP counts (Table 1) and class
+    accuracies (keyed like the metrics; missing keys are blank)."""
+    spec = table_spec(number)
+    if spec.flops and flops is None:
+        raise ValueError(f"table {number} needs the FLOP counter's JSON ({spec.flops})")
+    if number == "1":
+        return table1(metrics, flops, profile, class_acc)
+    if number == "4":
+        key = next(iter(spec.scored(profile)))
+        need(metrics, [key])
+        return table4(metrics[key], profile, (class_acc or {}).get(key))
+    if number == "diffit":
+        return table_diffit(metrics, flops, profile)
+    return {"2": table2, "3": table3, "5": table5}[number](metrics, profile, class_acc)

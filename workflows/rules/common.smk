@@ -1,11 +1,12 @@
 # Shared wiring: config validation, the profile, the file layout of every stage and the input functions.
 # Counts (steps, batch, FID samples, CFG scales) come from hdit.profiles; which rows share a training
-# run comes from hdit.report.runs (resolved configs compared). Nothing here is a hard-coded number.
+# run comes from hdit.report.runs (RunConfig.training_key and sampler compared); what each table reads comes
+# from hdit.report.specs. Nothing here is a hard-coded number, and the DAG is a function of the config alone:
+# nothing at parse time asks the machine (GPUs) or looks at files left in results/.
 import copy
 import functools
 import glob
 import itertools
-import json
 import os
 import re
 
@@ -13,9 +14,11 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
-from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, TABLE_DIFFIT_ROWS, ConfigError
+from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE_DIFFIT_ROWS, ConfigError
 from hdit.profiles import get_profile, resolve
 from hdit.report.runs import training_run
+from hdit.report.specs import FFHQ, IMAGENET256, NO_CFG, TABLE_SPECS, Scored
+from hdit.report.tables import has_class_accuracy, table_scale
 
 # A config given with --configfile is complete on its own: keys it lacks are errors, never silently the CPU
 # defaults of workflows/config/default.yaml (which the Snakefile loads first, for runs without --configfile).
@@ -48,14 +51,14 @@ if not RES:
     raise WorkflowError(f"config 'results' is {config['results']!r}: outputs would go to the filesystem root; "
                         "expected a results folder such as 'results'")
 SEED = config["seed"]
-NO_CFG = 1.0  # paper convention: w = 1 means no guidance (Tables 1-5)
-FFHQ, IMAGENET256 = "ffhq-1024", "imagenet-256"  # the Table 3 / Table 4 (and Figure 9) configs
 
 # ------------------------------------------------------------------ file layout
 RUN_DIR = f"{RES}/runs/{P}/{{run}}"
 SAMPLE_DIR = f"{RES}/samples/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-n{{n}}-steps{{steps}}"
 METRICS = f"{RES}/metrics/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-fid{{n}}{{inception}}.json"
 RAW_METRICS = f"{RES}/metrics/{P}/{{run}}/raw/seed{{seed}}-cfg{{cfg}}-fid{{n}}{{inception}}.json"
+# class accuracy of a conditional sample set on the embedded shapes data (`hdit classify`, issue 13)
+CLASSACC = f"{RES}/metrics/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-n{{n}}.classacc.json"
 REF_STATS = f"{RES}/refs/{P}/{{dataset}}-{{resolution}}.fid-stats.npz"
 STATS_CACHE = f"{RES}/cache/fid-stats"
 # class accuracy of a conditional sample set on the embedded shapes data (hdit classify), beside its FID JSON
@@ -65,6 +68,7 @@ CLASSIFIER_CACHE = f"{RES}/cache/classifier"
 FLOPS = f"{RES}/flops/{{name}}.json"
 TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
+BENCH_DIR = f"{RES}/bench"
 LOGS = f"{RES}/logs/{P}"
 
 FIG2_DIFFIT = "diffit-ffhq64"  # Figure 2's third curve: image-space DiffiT, default (L = 4) layout
@@ -87,10 +91,6 @@ FLOP_SETS = {
     "table_diffit": (TABLE_DIFFIT_ROWS, (128,), "paper"),  # paper-scale column at Table 1's 128 px
     "table_diffit-trained": (TABLE_DIFFIT_ROWS, (trained_resolution(TABLE_DIFFIT_ROWS),), P),  # as trained
 }
-
-# measured throughput vs FLOPs (hdit.report.scaling) from the committed benchmark JSON, when both exist
-BENCH_JSON = sorted(glob.glob(f"{RES}/bench/*.json"))
-HAVE_SCALING = bool(BENCH_JSON)
 
 wildcard_constraints:
     run="|".join(re.escape(c) for c in REGISTRY),
@@ -175,26 +175,23 @@ def metrics_file(config_id, n=None, cfg=NO_CFG, inception=False):
                           n=n or PROFILE.fid_samples, inception="-is" if inception else "")
 
 
-def has_class_accuracy(config_id):
-    """Class accuracy needs known classes: class-conditional runs on the embedded shapes data (the default
-    profile; not ImageNet or FFHQ, whose classifier would be a network we do not have offline)."""
-    r = resolved(config_id)
-    return r.data.name == "shapes" and r.model.num_classes > 0
+def scored_metrics(s: Scored):
+    return metrics_file(s.config, s.count(PROFILE), s.cfg_scale, s.inception)
 
 
-def classacc_file(config_id, n=None, cfg=NO_CFG):
-    """The class-accuracy JSON of a paper row's samples (through the training run it shares)."""
-    return CLASSACC.format(run=training_run(config_id, P), seed=SEED, cfg=float(cfg), n=n or PROFILE.fid_samples)
+def scored_samples(s: Scored):
+    """The sample directory of a scored set (sampler steps in the path: new steps never reuse old shards)."""
+    return SAMPLE_DIR.format(run=training_run(s.config, P), seed=SEED, cfg=float(s.cfg_scale), n=s.count(PROFILE),
+                             steps=resolved(s.config).sample.steps)
 
 
-def classacc_files(config_ids):
-    """The class-accuracy JSONs of those rows that have one (none under the paper profile)."""
-    return sorted({classacc_file(c) for c in config_ids if has_class_accuracy(c)})
+def scored_classacc(s: Scored):
+    return CLASSACC.format(run=training_run(s.config, P), seed=SEED, cfg=float(s.cfg_scale), n=s.count(PROFILE))
 
 
-def metrics_pairs(config_ids):
-    """`ROW=PATH ...` for `hdit report table`."""
-    return " ".join(f"{c}={metrics_file(c)}" for c in config_ids)
+def pairs(mapping):
+    """`KEY=PATH ...` for `hdit report`."""
+    return " ".join(f"{k}={v}" for k, v in mapping.items())
 
 
 def fig9_metrics():
@@ -202,11 +199,30 @@ def fig9_metrics():
 
 
 def table_files(n):
-    return expand(f"{TABLES}/table{n}.{{ext}}", ext=("md", "tex", "csv"))
+    """What a table target makes: the table itself (md, tex, csv, html), its sample grid and training curves."""
+    return [*expand(f"{TABLES}/table{n}.{{ext}}", ext=("md", "tex", "csv", "html")),
+            *grid_files(n), *curves_files(n)]
+
+
+def grid_files(n):
+    return expand(f"{FIGURES}/grid-table{n}.{{ext}}", ext=("png", "csv"))
+
+
+def curves_files(n):
+    return expand(f"{FIGURES}/curves-table{n}.{{ext}}", ext=("png", "csv"))
 
 
 def figure_files(name):
     return expand(f"{FIGURES}/{name}.{{ext}}", ext=("png", "pdf", "csv"))
+
+
+def reported(path, caption, category, subcategory=None):
+    """`path`, marked for `snakemake --report` once it exists. The report then shows what has been built: after
+    `snakemake table1`, `snakemake --report results/report.html` (the default target `all`) reports Table 1,
+    its grid and its curves instead of failing on the tables not built yet. Only the mark depends on the file;
+    the jobs of the DAG and their order never do."""
+    caption = os.path.join(workflow.basedir, "workflows", "report", caption)
+    return report(path, caption=caption, category=category, subcategory=subcategory) if os.path.exists(path) else path
 
 
 # ------------------------------------------------------------------ input functions and params
@@ -235,3 +251,67 @@ def samples_of(wildcards):
 
 def sample_meta(wildcards):
     return os.path.join(samples_of(wildcards), "meta.json")
+
+
+def run_file(config_id, name):
+    """A file in the training run dir of a paper row (through the run it shares)."""
+    return os.path.join(RUN_DIR.format(run=training_run(config_id, P)), name)
+
+
+# ------------------------------------------------------------------ tables, grids, curves (report.smk)
+
+
+def table_inputs(spec):
+    """Metrics JSON per row, the FLOP JSON where the table has GFLOP columns, and the class-accuracy JSON of
+    its class-conditional rows -- declared as inputs when the workflow has the rule that makes them
+    (`class_accuracy`), otherwise only passed to the table, which leaves the column blank for a missing file."""
+    scored = spec.scored(PROFILE)
+
+    def inputs(wildcards):
+        acc = [scored_classacc(s) for s in scored.values() if has_class_accuracy(s.config, PROFILE)]
+        return {"metrics": [scored_metrics(s) for s in scored.values()],
+                "flops": [FLOPS.format(name=f) for f in spec.flops],
+                "class_acc": acc if workflow.is_rule("class_accuracy") else []}
+
+    return inputs
+
+
+def _grid_config(spec):
+    """The config whose dataset a table's grid shows as its reference row (one dataset per table)."""
+    return next(iter(spec.scored(PROFILE).values())).config
+
+
+def dataset_of(spec):
+    return dataset_check(lambda wildcards: resolved(_grid_config(spec)).data.name)
+
+
+def data_option_of(spec):
+    """`--data PATH` of the grid's reference dataset (none for the embedded shapes), checked at DAG build."""
+    def option(wildcards):
+        path = checked_dataset_path(resolved(_grid_config(spec)).data.name)
+        return f"--data {path}" if path else ""
+    return option
+
+
+# ------------------------------------------------------------------ benchmarks (bench.smk, scaling figure)
+
+
+def bench_jsons(wildcards):
+    """The benchmark JSON in results/bench (tracked; `hdit bench`), read only when the scaling figure is asked
+    for (`snakemake scaling`): no other target's DAG depends on which files are there."""
+    found = sorted(glob.glob(f"{BENCH_DIR}/*.json"))
+    if not found:
+        raise WorkflowError(f"the scaling figure plots benchmark results, and {BENCH_DIR}/ has no *.json; run "
+                            "`snakemake bench` (GPU) or `snakemake bench_cpu_quick` first")
+    return found
+
+
+def present_gpu():
+    """The slug of this machine's NVIDIA GPU (nvidia-smi), asked when a benchmark job runs, never at parse time."""
+    from hdit.provenance import nvidia_gpu_slug
+
+    slug = nvidia_gpu_slug()
+    if not slug:
+        raise WorkflowError("the GPU benchmark needs an NVIDIA GPU (nvidia-smi found none on this machine); the CPU "
+                            "benchmark is `snakemake bench_cpu_quick` or `hdit bench --device cpu --quick`")
+    return slug

@@ -97,7 +97,7 @@ rule classifier:
 
 
 def classifier_of(wildcards):
-    if not has_class_accuracy(wildcards.run):
+    if not has_class_accuracy(wildcards.run, PROFILE):
         raise WorkflowError(f"class accuracy of run {wildcards.run!r} under profile {P!r}: needs a class-conditional "
                             "run on the embedded shapes data")
     return CLASSIFIER.format(resolution=resolved(wildcards.run).data.resolution)

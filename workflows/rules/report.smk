@@ -1,111 +1,88 @@
-# Tables 1-5, the DiffiT table and Figures 2, 8, 9 (results/tables, results/figures): measured beside the
-# paper's values.
+# Tables 1-5 (results/tables), their sample grids and training curves, Figures 2, 8, 9 (results/figures): measured
+# beside the paper's values. One set of rules per table, made from its spec (hdit.report.specs): the metrics JSON
+# of each row, the FLOP counts it reads, the sample sets of its grid and the training logs of its curves.
+# Every CLI is given its output files explicitly (`--out {output}`). Outputs marked with `reported` appear in
+# `snakemake --report results/report.html` with a caption from workflows/report/ that carries the scale label.
 
 
-rule table1_files:
-    input:
-        metrics=[metrics_file(c) for c in TABLE1_ROWS],
-        flops=FLOPS.format(name="table1"),
-    output:
-        table_files(1),
-    params:
-        pairs=metrics_pairs(TABLE1_ROWS),
-        profile=P,
-        out=lambda wc, output: os.path.dirname(output[0]),
-    log:
-        f"{LOGS}/report/table1.log",
-    conda:
-        "../envs/hdit.yaml"
-    shell:
-        "hdit report table 1 --profile {params.profile} --metrics {params.pairs} --flops {input.flops} "
-        "--out-dir {params.out} > {log} 2>&1"
+for _spec in TABLE_SPECS.values():
+    _scored = _spec.scored(PROFILE)
+    _name, _label = _spec.name, f"Table {_spec.number}"
 
+    rule:
+        name:
+            f"{_name}_files"
+        localrule: True
+        input:
+            unpack(table_inputs(_spec)),
+        output:
+            md=f"{TABLES}/{_name}.md",
+            tex=f"{TABLES}/{_name}.tex",
+            csv=f"{TABLES}/{_name}.csv",
+            html=reported(f"{TABLES}/{_name}.html", "table.rst", _label),
+        params:
+            number=_spec.number,
+            title=_spec.title,
+            scale=table_scale(PROFILE, _spec.number),
+            profile=P,
+            metrics=pairs({k: scored_metrics(s) for k, s in _scored.items()}),
+            flops=("--flops " + " ".join(FLOPS.format(name=f) for f in _spec.flops)) if _spec.flops else "",
+            class_acc=pairs({k: scored_classacc(s) for k, s in _scored.items()
+                             if has_class_accuracy(s.config, PROFILE)}),
+        log:
+            f"{LOGS}/report/{_name}.log",
+        conda:
+            "../envs/hdit.yaml"
+        shell:
+            "hdit report table {params.number} --profile {params.profile} --metrics {params.metrics} {params.flops} "
+            "--class-acc {params.class_acc} --out {output} > {log} 2>&1"
 
-rule table2_files:
-    input:
-        [metrics_file(c) for c in TABLE2_ROWS],
-    output:
-        table_files(2),
-    params:
-        pairs=metrics_pairs(TABLE2_ROWS),
-        profile=P,
-        out=lambda wc, output: os.path.dirname(output[0]),
-    log:
-        f"{LOGS}/report/table2.log",
-    conda:
-        "../envs/hdit.yaml"
-    shell:
-        "hdit report table 2 --profile {params.profile} --metrics {params.pairs} --out-dir {params.out} > {log} 2>&1"
+    rule:
+        name:
+            f"{_name}_grid"
+        localrule: True
+        input:
+            samples=[os.path.join(scored_samples(s), "meta.json") for s in _scored.values()],
+            dataset=dataset_of(_spec),
+        output:
+            png=reported(f"{FIGURES}/grid-{_name}.png", "grid.rst", _label),
+            csv=f"{FIGURES}/grid-{_name}.csv",
+        params:
+            number=_spec.number,
+            scale=table_scale(PROFILE, _spec.number),
+            profile=P,
+            samples=pairs({k: scored_samples(s) for k, s in _scored.items()}),
+            data=data_option_of(_spec),
+        log:
+            f"{LOGS}/report/grid-{_name}.log",
+        conda:
+            "../envs/hdit.yaml"
+        shell:
+            "hdit report grid {params.number} --profile {params.profile} --samples {params.samples} {params.data} "
+            "--out {output} > {log} 2>&1"
 
-
-rule table3_files:
-    input:
-        small=metrics_file(FFHQ, n=PROFILE.fid_samples_ffhq_small),
-        full=metrics_file(FFHQ, n=PROFILE.fid_samples),
-    output:
-        table_files(3),
-    params:
-        profile=P,
-        out=lambda wc, output: os.path.dirname(output[0]),
-    log:
-        f"{LOGS}/report/table3.log",
-    conda:
-        "../envs/hdit.yaml"
-    shell:
-        "hdit report table 3 --profile {params.profile} --metrics small={input.small} full={input.full} "
-        "--out-dir {params.out} > {log} 2>&1"
-
-
-rule table4_files:
-    input:
-        metrics_file(IMAGENET256, inception=True),
-    output:
-        table_files(4),
-    params:
-        profile=P,
-        out=lambda wc, output: os.path.dirname(output[0]),
-    log:
-        f"{LOGS}/report/table4.log",
-    conda:
-        "../envs/hdit.yaml"
-    shell:
-        "hdit report table 4 --profile {params.profile} --metrics {input} --out-dir {params.out} > {log} 2>&1"
-
-
-rule table5_files:
-    input:
-        [metrics_file(c) for c in TABLE5_ROWS],
-    output:
-        table_files(5),
-    params:
-        pairs=metrics_pairs(TABLE5_ROWS),
-        profile=P,
-        out=lambda wc, output: os.path.dirname(output[0]),
-    log:
-        f"{LOGS}/report/table5.log",
-    conda:
-        "../envs/hdit.yaml"
-    shell:
-        "hdit report table 5 --profile {params.profile} --metrics {params.pairs} --out-dir {params.out} > {log} 2>&1"
-
-
-rule table_diffit_files:
-    input:
-        metrics=[metrics_file(c) for c in TABLE_DIFFIT_ROWS],
-        flops=[FLOPS.format(name="table_diffit"), FLOPS.format(name="table_diffit-trained")],
-    output:
-        table_files("_diffit"),
-    params:
-        pairs=metrics_pairs(TABLE_DIFFIT_ROWS),
-        profile=P,
-        out=lambda wc, output: os.path.dirname(output[0]),
-    log:
-        f"{LOGS}/report/table_diffit.log",
-    conda:
-        "../envs/hdit.yaml"
-    shell:
-        "hdit report table diffit --profile {params.profile} --metrics {params.pairs} --flops {input.flops} "
-        "--out-dir {params.out} > {log} 2>&1"
+    rule:
+        name:
+            f"{_name}_curves"
+        localrule: True
+        input:
+            sorted({run_file(s.config, "done.json") for s in _scored.values()}),
+        output:
+            png=reported(f"{FIGURES}/curves-{_name}.png", "curves.rst", _label),
+            csv=f"{FIGURES}/curves-{_name}.csv",
+        params:
+            number=_spec.number,
+            scale=table_scale(PROFILE, _spec.number),
+            profile=P,
+            # log.csv is written beside done.json (undeclared: a failed job must not delete it, see train.smk)
+            logs=pairs({s.config: run_file(s.config, "log.csv") for s in _scored.values()}),
+        log:
+            f"{LOGS}/report/curves-{_name}.log",
+        conda:
+            "../envs/hdit.yaml"
+        shell:
+            "hdit report curves {params.number} --profile {params.profile} --logs {params.logs} --out {output} "
+            "> {log} 2>&1"
 
 
 rule fig2_files:
@@ -113,57 +90,60 @@ rule fig2_files:
         FLOPS.format(name="fig2"),
         FLOPS.format(name="fig2-diffit"),
     output:
-        figure_files("fig2"),
-    params:
-        out=lambda wc, output: os.path.splitext(output[0])[0],
+        png=reported(f"{FIGURES}/fig2.png", "fig2.rst", "Figures"),
+        pdf=f"{FIGURES}/fig2.pdf",
+        csv=f"{FIGURES}/fig2.csv",
     log:
         f"{LOGS}/report/fig2.log",
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit report figure fig2 --flops {input} --out {params.out} > {log} 2>&1"
+        "hdit report figure fig2 --flops {input} --out {output} > {log} 2>&1"
 
 
 rule fig8_files:
     output:
-        figure_files("fig8"),
+        png=reported(f"{FIGURES}/fig8.png", "fig8.rst", "Figures"),
+        pdf=f"{FIGURES}/fig8.pdf",
+        csv=f"{FIGURES}/fig8.csv",
     params:
-        out=lambda wc, output: os.path.splitext(output[0])[0],
         gamma=5.0,  # paper Figure 8: min-SNR vs soft-min-SNR at gamma = 5
     log:
         f"{LOGS}/report/fig8.log",
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit report figure fig8 --gamma {params.gamma} --out {params.out} > {log} 2>&1"
+        "hdit report figure fig8 --gamma {params.gamma} --out {output} > {log} 2>&1"
 
 
 rule fig9_files:
     input:
         fig9_metrics(),
     output:
-        figure_files("fig9"),
+        png=reported(f"{FIGURES}/fig9.png", "fig9.rst", "Figures"),
+        pdf=f"{FIGURES}/fig9.pdf",
+        csv=f"{FIGURES}/fig9.csv",
     params:
-        out=lambda wc, output: os.path.splitext(output[0])[0],
+        scale=table_scale(PROFILE, "4"),
     log:
         f"{LOGS}/report/fig9.log",
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit report figure fig9 --metrics {input} --out {params.out} > {log} 2>&1"
+        "hdit report figure fig9 --metrics {input} --out {output} > {log} 2>&1"
 
 
 rule scaling_files:
     input:
-        bench=BENCH_JSON,
+        bench=bench_jsons,
         flops_csv=f"{FIGURES}/fig2.csv",
     output:
-        figure_files("scaling"),
-    params:
-        out=lambda wc, output: os.path.splitext(output[0])[0],
+        png=reported(f"{FIGURES}/scaling.png", "scaling.rst", "Figures"),
+        pdf=f"{FIGURES}/scaling.pdf",
+        csv=f"{FIGURES}/scaling.csv",
     log:
         f"{LOGS}/report/scaling.log",
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit report figure scaling --bench {input.bench} --flops-csv {input.flops_csv} --out {params.out} > {log} 2>&1"
+        "hdit report figure scaling --bench {input.bench} --flops-csv {input.flops_csv} --out {output} > {log} 2>&1"
