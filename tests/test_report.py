@@ -294,3 +294,21 @@ def test_table_spec_drives_keys_and_scale():
     assert tables.table_scale("default", "1") == (f"default: shapes 32px, {p.steps} steps x batch {p.batch_size}, "
                                                   f"{p.sample_steps} sampling steps, {p.fid_label()}")
     assert tables.table_scale("paper", "1").startswith("paper protocol: imagenet-128")
+
+
+def test_annotated_metrics_keep_the_intervals(tmp_path):
+    """`hdit report metrics` carries the intervals of `hdit fid` to the JSON the tables read."""
+    from hdit.io import write_json
+    from hdit.report.annotate import annotate
+
+    cfg = tables.resolve("E", "default").to_dict()
+    write_json(tmp_path / "run" / "config.json", {"config": cfg, "profile": "default", "seed": 0})
+    write_json(tmp_path / "run" / "done.json", {"step": cfg["train"]["steps"]})
+    write_json(tmp_path / "samples" / "meta.json", {"n": 200, "steps": 25, "cfg_scale": 1.0})
+    fid = {"fid": 50.0, "fid_ci95": [45.0, 56.0], "fid_bootstrap": {"resamples": 200}, "kid": 0.03,
+           "kid_ci95": [0.02, 0.04], "kid_std": 0.005, "n": 200, "mode": "legacy_tensorflow"}
+    m = annotate(fid, tmp_path / "samples", tmp_path / "run", "default")
+    assert m["fid_ci95"] == [45.0, 56.0] and m["kid_ci95"] == [0.02, 0.04] and m["fid_bootstrap"]["resamples"] == 200
+    metrics = {**{r: fake_metrics(r, 60.0) for r in TABLE2_ROWS}, "skip-lerp": m}  # run E's JSON, checked current
+    row = tables.table2(metrics, "default").df.set_index("row").loc["skip-lerp"]
+    assert (row.fid_ci_lo, row.fid_ci_hi, row.kid_ci_hi) == (45.0, 56.0, 0.04)

@@ -1,6 +1,6 @@
 """One metrics JSON per scored sample set, with the provenance every table row needs.
 
-`hdit fid` writes the scores (fid, kid, IS, n, mode, extractor hash); this adds what produced the
+`hdit fid` writes the scores (fid and kid with their 95% intervals, IS, n, mode, extractor hash); this adds what produced the
 samples: the training run (config ID, rows sharing it, profile, steps, batch, seed, params, wall time,
 device), the sampler (sampler, steps, CFG scale, seed, n, device), versions, and the resolved config,
 read from the run directory (config.json, done.json) and the sample directory's meta.json.
@@ -18,8 +18,8 @@ from hdit.report.tables import scale
 
 SAMPLE_KEYS = ("sampler", "steps", "cfg_scale", "seed", "n", "eta", "rho", "batch_size", "weights",
                "checkpoint_step")
-SCORE_KEYS = ("fid", "kid", "is_mean", "is_std", "is_unavailable", "n", "label", "extractor_sha256", "ref_n",
-              "ref_content_sha256")
+SCORE_KEYS = ("fid", "fid_ci95", "fid_bootstrap", "kid", "kid_ci95", "kid_std", "is_mean", "is_std", "is_unavailable",
+              "n", "label", "extractor_sha256", "ref_n", "ref_content_sha256")
 
 
 def _load(path: Path) -> dict:
