@@ -284,11 +284,11 @@ def test_table_spec_drives_keys_and_scale():
     from hdit.report.specs import TABLE_SPECS, table_spec
 
     p = get_profile("default")
-    assert list(table_spec("1").scored(p)) == list(TABLE1_ROWS) and table_spec("1").flops == "table1"
+    assert list(table_spec("1").scored(p)) == list(TABLE1_ROWS) and table_spec("1").flops == ("table1",)
     t3 = table_spec("3").scored(p)
     assert (t3["small"].count(p), t3["full"].count(p)) == (p.fid_samples_ffhq_small, p.fid_samples)
     assert table_spec("4").scored(p)["imagenet-256"].inception
-    assert sorted(TABLE_SPECS) == ["1", "2", "3", "4", "5"]
+    assert sorted(TABLE_SPECS) == ["1", "2", "3", "4", "5", "diffit"]  # the paper tables and the DiffiT one
     with pytest.raises(ValueError, match="'6'"):
         table_spec("6")
     assert tables.table_scale("default", "1") == (f"default: shapes 32px, {p.steps} steps x batch {p.batch_size}, "
