@@ -433,7 +433,8 @@ def build(number: str, metrics: dict[str, dict], profile: Profile | str, flops: 
     accuracies (keyed like the metrics; missing keys are blank)."""
     spec = table_spec(number)
     if spec.flops and flops is None:
-        raise ValueError(f"table {number} needs the FLOP counter's JSON ({spec.flops})")
+        raise ValueError(f"table {number} needs --flops FILE ... (the FLOP counter's JSON of "
+                         f"{', '.join(spec.flops)})")
     if number == "1":
         return table1(metrics, flops, profile, class_acc)
     if number == "4":

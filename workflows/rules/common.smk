@@ -315,3 +315,10 @@ def present_gpu():
         raise WorkflowError("the GPU benchmark needs an NVIDIA GPU (nvidia-smi found none on this machine); the CPU "
                             "benchmark is `snakemake bench_cpu_quick` or `hdit bench --device cpu --quick`")
     return slug
+
+
+def classifier_of(wildcards):
+    if not has_class_accuracy(wildcards.run, PROFILE):
+        raise WorkflowError(f"class accuracy of run {wildcards.run!r} under profile {P!r}: needs a class-conditional "
+                            "run on the embedded shapes data")
+    return CLASSIFIER.format(resolution=resolved(wildcards.run).data.resolution)

@@ -96,13 +96,6 @@ rule classifier:
         "--out {output} > {log} 2>&1"
 
 
-def classifier_of(wildcards):
-    if not has_class_accuracy(wildcards.run, PROFILE):
-        raise WorkflowError(f"class accuracy of run {wildcards.run!r} under profile {P!r}: needs a class-conditional "
-                            "run on the embedded shapes data")
-    return CLASSIFIER.format(resolution=resolved(wildcards.run).data.resolution)
-
-
 rule class_accuracy:
     input:
         samples=sample_meta,
