@@ -91,7 +91,7 @@ def fig2(flops: list[dict], out, annotate_at: int = 1024) -> list[Path]:
     ax.set_xticks(res, [str(r) for r in res])
     ax.minorticks_off()
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below the axes: three curves
     return save(fig, df, out)
 
 
