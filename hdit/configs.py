@@ -140,8 +140,8 @@ class TrainConfig:
     sigma_min: float = 1e-3
     sigma_max: float = 1e3
     lr: float = 5e-4
-    # Table 6: constant lr. The short CPU runs of the default profile decay it instead (docs/LEARNING_BUDGET.md):
-    # linear warm-up over lr_warmup_steps, then (cosine) a half-cosine from lr down to 0 at the last step.
+    # Table 6: constant lr. Options, for short runs: a linear warm-up over lr_warmup_steps (the default profile's
+    # 100 steps, docs/LEARNING_BUDGET.md), then (cosine) a half-cosine from lr down to 0 at the last step.
     lr_schedule: str = "constant"
     lr_warmup_steps: int = 0
     betas: tuple[float, float] = (0.9, 0.95)

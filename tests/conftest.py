@@ -11,3 +11,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# Modules that take minutes on 2 cores, longest first. Under `-n 2 --dist loadfile` (pyproject.toml) they are
+# handed out before everything else, so the other worker runs the short modules beside them instead of the
+# long ones starting last (longest-processing-time-first). Serial runs see the same order.
+LONG_MODULES = ("test_paper_smoke.py", "test_workflow.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: the order inside each group is pytest's own

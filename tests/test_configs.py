@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from hdit.configs import (REGISTRY, TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, ConfigError, ModelConfig,
+from hdit.configs import (REGISTRY, TABLE1_ROWS, TABLE2_ROWS, TABLE5_ROWS, ConfigError,
                           RunConfig, get_config)
 from hdit.profiles import PROFILES, get_profile, resolve
 

@@ -7,7 +7,9 @@ FID, whose numbers are not the point here.
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -259,7 +261,10 @@ def test_damaged_run_files_name_the_file_and_the_fix(run, tmp_path, capsys, faul
     elif fault == "config-corrupt":
         cfg.write_text(cfg.read_text()[:100])
     else:
-        cfg.write_text(cfg.read_text().replace('"lr": 0.001', '"lr": 0.002'))
+        # a hand edit of the resolved config after the run was written: the learning rate doubled
+        edited = re.sub(r'"lr": ([0-9.e-]+)', lambda m: f'"lr": {2 * float(m[1])!r}', cfg.read_text(), count=1)
+        assert edited != cfg.read_text() and json.loads(edited)
+        cfg.write_text(edited)
     assert sample_cli(run, tmp_path / "s") == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

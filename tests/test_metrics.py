@@ -334,6 +334,26 @@ def test_reference_stats_cached_reused_and_cli_json(tmp_path, net, monkeypatch, 
         "x", (32, 32), "legacy_tensorflow", PACKAGED_SHA256)
 
 
+def test_first_n_of_a_set_scores_exactly_like_a_set_of_those_n(tmp_path, net):
+    """Table 3's FID-5k reads the first 5k images of the 50k set: the same numbers as a directory of only them."""
+    ref = write_shard(tmp_path / "ref", shapes(10, "train"))
+    imgs = shapes(9, "test")
+    big = tmp_path / "big"
+    write_shard(big, imgs[:4])
+    (big / "shard-00000.npz").rename(big / "keep.npz")  # two shards: the prefix crosses a shard boundary
+    write_shard(big, imgs[4:])
+    (big / "shard-00000.npz").rename(big / "shard-00001.npz")
+    (big / "keep.npz").rename(big / "shard-00000.npz")
+    kw = dict(cache_dir=tmp_path / "cache", net=net, device="cpu", verbose=False, kid_subsets=5)
+    part = compute.compute_metrics(big, ref, first=6, **kw)
+    alone = compute.compute_metrics(write_shard(tmp_path / "six", imgs[:6]), ref, n=6, **kw)
+    assert part["label"] == "FID-6" and part["n"] == 6 and part["samples_held"] == 9
+    for key in ("fid", "kid", "fid_ci95", "kid_ci95"):
+        assert part[key] == pytest.approx(alone[key], rel=1e-6)
+    with pytest.raises(MetricsError, match=r"first=10 but .* holds 9 samples; expected 1 <= first <= 9"):
+        compute.compute_metrics(big, ref, first=10, **kw)
+
+
 # ----------------------------------------------------------------------------- error paths
 
 def test_count_and_input_errors(tmp_path, capsys):

@@ -54,6 +54,20 @@ def test_default_table1_dry_run_trains_all_ten_rows(tmp_path):
                for j in jobs(r.stdout, "sample"))
 
 
+def test_table3_scores_fid_small_on_the_first_images_of_the_full_set(tmp_path):
+    """FID-5k and FID-50k of FFHQ-1024 read one sample set (drawn once): --first 5k and --n 50k."""
+    r = snakemake(tmp_path, "-n", "-p", "table3")
+    assert r.returncode == 0, r.stderr + r.stdout
+    p = get_profile("default")
+    assert job_counts(r.stdout)["sample"] == 1 and job_counts(r.stdout)["fid"] == 2
+    sample_dir = re.search(r"--out (\S+)", jobs(r.stdout, "sample")[0])[1]
+    assert sample_dir.endswith(f"-n{p.fid_samples}-steps{resolve('ffhq-1024', 'default').sample.steps}")
+    fids = sorted(jobs(r.stdout, "fid"), key=len)
+    assert all(f"--samples {sample_dir} " in j for j in fids)
+    assert sum(f"--first {p.fid_samples_ffhq_small} " in j for j in fids) == 1
+    assert sum(f"--n {p.fid_samples} " in j for j in fids) == 1
+
+
 def test_default_all_shares_identical_rows(tmp_path):
     r = snakemake(tmp_path, "-n", "all")
     assert r.returncode == 0, r.stderr + r.stdout
@@ -189,8 +203,11 @@ def test_no_workflow_output_is_tracked():
     assert [f for f in tracked if not f.startswith(allowed)] == []
 
 
+TEST_ONLY = ("pytest", "execnet")  # pytest, pytest-xdist and its execnet: not needed by any rule
+
+
 def _pins(lines):
-    return sorted(s for s in (l.split("#")[0].strip() for l in lines) if "==" in s and not s.startswith("pytest"))
+    return sorted(s for s in (l.split("#")[0].strip() for l in lines) if "==" in s and not s.startswith(TEST_ONLY))
 
 
 def test_conda_env_pins_match_requirements():

@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", type=Path, help="reference: a statistics file from `hdit refstats` (a training split, "
                    "ADM protocol) or a directory of reference images (.npz shards or image files) for FID/KID")
     p.add_argument("--n", type=_positive, help="expected number of samples (label FID-<n>); must match the directory")
+    p.add_argument("--first", type=_positive, help="score only the first N samples of the directory (FID-N of "
+                   "a larger set, e.g. FID-5k beside FID-50k)")
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
                    help=f"clean-fid resize mode (default {DEFAULT_MODE}, as the ADM evaluator)")
     p.add_argument("--is", dest="inception_score", action="store_const", const=True, default=False,
@@ -66,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"hdit fid: error: --out {args.out} is a directory; expected the JSON file to write", file=sys.stderr)
         return 2
     try:
-        result = compute_metrics(args.samples, args.ref, n=args.n, mode=args.mode,
+        result = compute_metrics(args.samples, args.ref, n=args.n, first=args.first, mode=args.mode,
                                  inception_score=args.inception_score, device=args.device,
                                  cache_dir=args.cache_dir, batch_size=args.batch_size, workers=args.workers,
                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,

@@ -74,12 +74,15 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
                     inception_score: bool | str = False, device=None, cache_dir=DEFAULT_CACHE_DIR,
                     batch_size: int | None = None, workers: int | None = None, kid_subsets: int = 100,
                     kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0, fid_resamples: int = 200,
-                    net: InceptionNet | None = None, verbose: bool = True) -> dict:
+                    net: InceptionNet | None = None, verbose: bool = True, first: int | None = None) -> dict:
     """FID + KID against the reference set `ref_dir` (stats cached) and/or the Inception Score of exactly
     `n` samples (None: all samples in the directory) -> one JSON-able dict.
 
     Every FID and KID carries a 95% interval (`fid_ci95`, `kid_ci95`): FID from `fid_resamples` bootstrap
     resamples of the sample features (seeded by `seed`), KID from the spread of its own subsets.
+
+    first: score only the first `first` samples of the directory (which must hold at least that many), e.g.
+    FID-5k on the first 5k images of a 50k set.
 
     inception_score: True = required (error without a classifier head); "if-available" = computed when the
     Inception file has its 1008-way output layer, else recorded as unavailable (`is_mean` None + reason)."""
@@ -87,9 +90,14 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
     if ref_dir is None and not inception_score:
         raise MetricsError("nothing to compute: give a reference directory (FID/KID) and/or inception_score=True")
     images = open_images(samples_dir, mode)
+    held, shape = len(images), images.shape
+    if n is not None and n != held:
+        raise MetricsError(f"n={n} but {samples_dir} holds {held} samples; expected exactly n samples")
+    if first is not None:
+        if not 1 <= first <= held:
+            raise MetricsError(f"first={first} but {samples_dir} holds {held} samples; expected 1 <= first <= {held}")
+        images = torch.utils.data.Subset(images, range(first))
     count = len(images)
-    if n is not None and n != count:
-        raise MetricsError(f"n={n} but {samples_dir} holds {count} samples; expected exactly n samples")
     if count < 2:
         raise MetricsError(f"{samples_dir}: {count} sample(s); FID needs at least 2")
     device = str(device or default_device())
@@ -104,7 +112,7 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
             is_unavailable, inception_score = str(e), False
     result = {"label": fid_label(count), "n": count, "mode": mode, "extractor_sha256": net.sha256,
               "extractor_path": str(net.path), "samples_dir": str(samples_dir),
-              "resolution": list(images.shape[:2])}
+              "samples_held": held, "resolution": list(shape[:2])}
     ref = None
     if ref_dir is not None:
         ref = _reference(ref_dir, net, mode, cache_dir, device, batch_size, workers, seed, verbose)

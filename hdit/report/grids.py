@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hdit import io
-
 UNCONDITIONAL = -1  # the label `hdit sample` stores for samples of an unconditional model
 
 

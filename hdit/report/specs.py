@@ -28,6 +28,15 @@ class Scored:
     def count(self, profile: Profile) -> int:
         return self.n or profile.fid_samples
 
+    def drawn(self, profile: Profile) -> int:
+        return drawn_count(self.count(profile), profile)
+
+
+def drawn_count(n: int, profile: Profile) -> int:
+    """The size of the sample set a FID-n reads: a count below the profile's FID sample count scores the first n
+    images of that full set (Table 3's FID-5k beside its FID-50k), so no run samples the same model twice."""
+    return max(int(n), profile.fid_samples)
+
 
 @dataclass(frozen=True)
 class TableSpec:

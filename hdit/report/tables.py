@@ -314,8 +314,9 @@ def table3(metrics: dict[str, dict], profile: Profile | str, class_acc: dict[str
                Column("paper_n", "paper n", "{:d}"), Column("scale", "Scale")]
     notes = [_protocol_note(profile, "FID on FFHQ-1024 after 1M steps (HDiT-85M)"),
              "Literature rows are cited from the paper (not measured here).",
-             f"Our two rows score two sample sets of the same run, {profile.fid_samples_ffhq_small} and "
-             f"{profile.fid_samples} images (profile '{profile.name}'), like the paper's 5k and 50k rows.",
+             f"Our two rows score the same run's sample set of {profile.fid_samples} images (profile "
+             f"'{profile.name}'): all of it, and its first {profile.fid_samples_ffhq_small}, like the paper's 50k and "
+             "5k rows.",
              *interval_notes(df)]
     return Table("table3", _caption(table_spec("3").title, profile), df, display, notes)
 

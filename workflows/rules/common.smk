@@ -17,7 +17,7 @@ from snakemake.utils import validate
 from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE_DIFFIT_ROWS, ConfigError
 from hdit.profiles import get_profile, resolve
 from hdit.report.runs import training_run
-from hdit.report.specs import FFHQ, IMAGENET256, NO_CFG, TABLE_SPECS, Scored
+from hdit.report.specs import FFHQ, IMAGENET256, NO_CFG, TABLE_SPECS, Scored, drawn_count
 from hdit.report.tables import has_class_accuracy, table_scale
 
 # A config given with --configfile is complete on its own: keys it lacks are errors, never silently the CPU
@@ -181,7 +181,7 @@ def scored_metrics(s: Scored):
 
 def scored_samples(s: Scored):
     """The sample directory of a scored set (sampler steps in the path: new steps never reuse old shards)."""
-    return SAMPLE_DIR.format(run=training_run(s.config, P), seed=SEED, cfg=float(s.cfg_scale), n=s.count(PROFILE),
+    return SAMPLE_DIR.format(run=training_run(s.config, P), seed=SEED, cfg=float(s.cfg_scale), n=s.drawn(PROFILE),
                              steps=resolved(s.config).sample.steps)
 
 
@@ -244,9 +244,17 @@ def data_path(wildcards):
 
 
 def samples_of(wildcards):
-    """The run's sample set at this seed and CFG scale with exactly the n images FID-n scores."""
+    """The run's sample set at this seed and CFG scale that FID-n scores: n images, or the profile's full FID set
+    when n is smaller (its first n images: `drawn_count`)."""
     steps = resolved(wildcards.run).sample.steps  # in the path: new sampler steps never reuse old shards
-    return SAMPLE_DIR.format(run=wildcards.run, seed=wildcards.seed, cfg=wildcards.cfg, n=wildcards.n, steps=steps)
+    n = drawn_count(wildcards.n, PROFILE)
+    return SAMPLE_DIR.format(run=wildcards.run, seed=wildcards.seed, cfg=wildcards.cfg, n=n, steps=steps)
+
+
+def fid_count(wildcards):
+    """`--n N` (the whole set, checked) or `--first N` (the first N images of the larger set it shares)."""
+    n = int(wildcards.n)
+    return f"--n {n}" if drawn_count(n, PROFILE) == n else f"--first {n}"
 
 
 def sample_meta(wildcards):

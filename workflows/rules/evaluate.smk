@@ -38,6 +38,7 @@ rule fid:
     params:
         samples=lambda wc, input: os.path.dirname(input.samples),
         inception=lambda wc: "--is-if-available" if wc.inception else "",
+        n_flag=fid_count,
         mode=PROFILE.fid_mode,
         device=config["device"],
     threads: config["threads"]["fid"]
@@ -50,7 +51,7 @@ rule fid:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} hdit fid --samples {params.samples} --ref {input.stats} --n {wildcards.n} "
+        "OMP_NUM_THREADS={threads} hdit fid --samples {params.samples} --ref {input.stats} {params.n_flag} "
         "{params.inception} --mode {params.mode} --device {params.device} --format json --out {output} > {log} 2>&1"
 
 
