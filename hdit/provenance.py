@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import platform
 import re
 import shutil
@@ -46,18 +47,22 @@ def nvidia_gpu_slug() -> str | None:
     return device_slug(names[0]) if names else None
 
 
-def provenance(device=None) -> dict:
-    import numpy
-    import torch
-
+def versions() -> dict:
+    """Commit, command and package versions, read from the installed metadata: no torch import (~3 s), so the
+    jobs that only read and write records (`hdit report metrics`) stay light."""
     return {
         "hdit_repro_commit": git_commit(),
         "command": " ".join(sys.argv),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "numpy": numpy.__version__,
-        "device": device_name(device),
+        "torch": importlib.metadata.version("torch"),
+        "numpy": importlib.metadata.version("numpy"),
         "host": platform.node(),
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def provenance(device=None) -> dict:
+    """`versions()` plus what the computing process ran on: CUDA version and device."""
+    import torch
+
+    return {**versions(), "torch": torch.__version__, "cuda": torch.version.cuda, "device": device_name(device)}

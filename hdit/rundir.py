@@ -1,5 +1,9 @@
-"""Reading a run directory back (`hdit train --resume`, `hdit sample`): config.json, done.json and the
-checkpoint, each checked (`hdit.integrity`), and the checkpoint checked against config.json.
+"""Reading a run directory back (`hdit train --resume`, `hdit sample`): config.json, done.json, the checkpoint
+and the sampling weights, each checked (`hdit.integrity`), and the weights checked against config.json.
+
+`hdit train` writes the EMA weights twice at every checkpoint: inside checkpoint.pt (resume state: model, EMA,
+optimiser, RNG, 4x the parameters) and alone in ema.pt, first. Sampling reads only ema.pt, so it verifies and
+loads a quarter of the bytes (2.2 GB instead of 9.6 GB for ImageNet-256's 557M-parameter model).
 
 The checkpoint carries its own RunConfig (seed included) and profile. Two writers of one run directory (now
 prevented by `hdit.runlock`), or a file copied from another run, could leave config.json describing one run
@@ -12,8 +16,9 @@ from pathlib import Path
 from hdit.errors import HarnessError
 from hdit.integrity import damaged, load_torch, read_record
 
-CONFIG, CHECKPOINT, DONE = "config.json", "checkpoint.pt", "done.json"
+CONFIG, CHECKPOINT, DONE, EMA = "config.json", "checkpoint.pt", "done.json", "ema.pt"
 CHECKPOINT_KEYS = ("model", "ema", "step")
+EMA_KEYS = ("ema", "step")
 
 
 class RunMismatchError(HarnessError):
@@ -31,8 +36,8 @@ def done_fix(run_dir) -> str:
             "kept and done.json is written again")
 
 
-def checkpoint_fix(run_dir) -> str:
-    return (f"the weights cannot be trusted: restore {Path(run_dir) / CHECKPOINT} (and its .sha256) from a backup, "
+def checkpoint_fix(run_dir, file: str = CHECKPOINT) -> str:
+    return (f"the weights cannot be trusted: restore {Path(run_dir) / file} (and its .sha256) from a backup, "
             "or remove the run directory and train again")
 
 
@@ -76,7 +81,22 @@ def differences(ours: dict, theirs: dict, limit: int = 6) -> list[tuple[str, obj
     return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)][:limit]
 
 
-def check_checkpoint(ckpt: dict, config: dict, profile: str, run_dir, against: str = CONFIG) -> None:
+def sampling_weights(run_dir) -> Path | None:
+    """ema.pt, or checkpoint.pt for a run written before ema.pt existed; None if the run has neither."""
+    return next((Path(run_dir) / f for f in (EMA, CHECKPOINT) if (Path(run_dir) / f).is_file()), None)
+
+
+def load_sampling_weights(run_dir, **load_kw) -> dict:
+    """The EMA weights `hdit sample` uses, checked: {"ema", "step", "config", "profile"} (ema.pt, or the
+    checkpoint of an older run without one)."""
+    path = sampling_weights(run_dir)
+    if path is None or path.name == CHECKPOINT:
+        return load_checkpoint(run_dir, **load_kw)
+    return load_torch(path, checkpoint_fix(run_dir, EMA), EMA_KEYS, **load_kw)
+
+
+def check_checkpoint(ckpt: dict, config: dict, profile: str, run_dir, against: str = CONFIG,
+                     file: str = CHECKPOINT) -> None:
     """The checkpoint's own config (seed included, step count excluded) and profile must equal `config` /
     `profile` (config.json's, or the command line's: `against` names which)."""
     if "config" not in ckpt or "profile" not in ckpt:
@@ -84,7 +104,7 @@ def check_checkpoint(ckpt: dict, config: dict, profile: str, run_dir, against: s
     diff = differences({"profile": ckpt["profile"], **comparable(ckpt["config"])},
                        {"profile": profile, **comparable(config)})
     if diff:
-        both = "; ".join(f"{k}: {theirs!r} in {against} but {ours!r} in {CHECKPOINT}" for k, ours, theirs in diff)
-        raise RunMismatchError(f"{Path(run_dir)}: {CHECKPOINT} was written by another run than {against} describes "
+        both = "; ".join(f"{k}: {theirs!r} in {against} but {ours!r} in {file}" for k, ours, theirs in diff)
+        raise RunMismatchError(f"{Path(run_dir)}: {file} was written by another run than {against} describes "
                                f"({both}); the directory mixes two runs (two trainers, or a copied file): "
                                "train again in a new --out, or restore the matching pair")

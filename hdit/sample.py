@@ -54,8 +54,8 @@ class DivergedSamplesError(SampleError):
 def read_run(run_dir) -> tuple[RunConfig, dict]:
     """(RunConfig, config.json record) of a trained run directory, checked; builds no model."""
     run_dir = Path(run_dir)
-    if not (run_dir / rundir.CONFIG).is_file() or not (run_dir / rundir.CHECKPOINT).is_file():
-        raise SampleError(f"{str(run_dir)!r} is not a trained run (needs config.json and checkpoint.pt; "
+    if not (run_dir / rundir.CONFIG).is_file() or rundir.sampling_weights(run_dir) is None:
+        raise SampleError(f"{str(run_dir)!r} is not a trained run (needs config.json and ema.pt; "
                           "run `hdit train` first)")
     record = rundir.read_config(run_dir)
     try:
@@ -71,8 +71,9 @@ def load_run(run_dir, device="cpu") -> tuple[RunConfig, dict, torch.nn.Module]:
     from hdit.backbones import build_model
 
     run, record = read_run(run_dir)
-    ckpt = rundir.load_checkpoint(run_dir, mmap=True)
-    rundir.check_checkpoint(ckpt, record["config"], record["profile"], run_dir)
+    ckpt = rundir.load_sampling_weights(run_dir, mmap=True)
+    weights = rundir.sampling_weights(run_dir).name
+    rundir.check_checkpoint(ckpt, record["config"], record["profile"], run_dir, file=weights)
     model = build_model(run.model)
     model.load_state_dict(ckpt["ema"])
     record["checkpoint_step"] = int(ckpt["step"])

@@ -14,7 +14,8 @@
 - Multi-GPU: launched by torchrun (WORLD_SIZE/RANK/LOCAL_RANK) it runs DDP; the batch size is global,
   each rank takes its own slice of the data stream, seeds and stratified-u strata.
 - Run dir: checkpoint.pt (model, EMA, optimiser, step, all RNG states, data position; written
-  atomically every --checkpoint-every steps and at exit), config.json, log.csv, done.json.
+  atomically every --checkpoint-every steps and at exit), ema.pt (the EMA weights alone, for sampling; written
+  just before each checkpoint), config.json, log.csv, done.json.
 - Non-finite loss: losses are read at log/checkpoint boundaries (one host sync per interval); the first
   non-finite one stops the run with an error naming its step, before the next checkpoint, so the last good
   checkpoint stays in place.
@@ -378,10 +379,14 @@ class _Losses:
 def _save_checkpoint(s: Session, state: TrainStep, stream, step: int, elapsed: float) -> None:
     rngs = _all_gather(rng_state(state.gen), s.world_size)
     if s.rank == 0:
-        io.torch_save({"model": state.raw.state_dict(), "ema": state.ema.state_dict(), "opt": state.opt.state_dict(),
-                       "step": step, "rng": rngs, "data": stream.state_dict(), "world_size": s.world_size,
-                       "elapsed_s": elapsed, "config": s.run.to_dict(), "profile": s.profile},
-                      s.out / "checkpoint.pt")
+        # the sampling weights first (hdit.rundir): a kill between the two writes leaves ema.pt one checkpoint
+        # ahead of the resume state, never behind it
+        ema = state.ema.state_dict()
+        identity = {"step": step, "config": s.run.to_dict(), "profile": s.profile}
+        io.torch_save({"ema": ema, **identity}, s.out / rundir.EMA)
+        io.torch_save({"model": state.raw.state_dict(), "ema": ema, "opt": state.opt.state_dict(), "rng": rngs,
+                       "data": stream.state_dict(), "world_size": s.world_size, "elapsed_s": elapsed, **identity},
+                      s.out / rundir.CHECKPOINT)
     if s.world_size > 1:
         torch.distributed.barrier()
 
@@ -412,14 +417,16 @@ def _loop(s: Session, state: TrainStep, stream, start: tuple[int, float], log_ev
                     raise KeyboardInterrupt
     finally:
         pbar.close()
-    return _finish(s, start[0], step, elapsed0, time.perf_counter() - t0)
+    params = sum(p.numel() for p in state.raw.parameters())
+    return _finish(s, start[0], step, elapsed0, time.perf_counter() - t0, params)
 
 
-def _finish(s: Session, session_start: int, step: int, elapsed0: float, seconds: float) -> dict:
+def _finish(s: Session, session_start: int, step: int, elapsed0: float, seconds: float, params: int) -> dict:
     done = {"step": step, "resumed_from_step": session_start, "wall_time_s": round(elapsed0 + seconds, 2),
             "seconds_per_step_this_session": round(seconds / max(1, step - session_start), 4),
             "config_id": s.run.id, "profile": s.profile, "seed": s.run.train.seed,
-            "training_key": s.run.training_key(), "world_size": s.world_size, "provenance": provenance(s.device)}
+            "training_key": s.run.training_key(), "world_size": s.world_size, "params": params,
+            "provenance": provenance(s.device)}
     if s.rank == 0:
         write_record(s.out / "done.json", done)
     return done

@@ -89,11 +89,11 @@ def killed_during_rename(code: str, target: str) -> None:
 ])
 def test_diverged_checkpoint_stops_sampling_and_writes_nothing(run, tmp_path, capsys, weights, message):
     """A diverged checkpoint (finite but huge weights): the job stops at the first shard, writing nothing."""
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(run / "ema.pt", weights_only=False)
     scale, prefix = (1e8, "") if weights == "all" else (1e6, "patch_out.")
     ckpt["ema"] = {k: v * scale if v.is_floating_point() and k.startswith(prefix) else v
                    for k, v in ckpt["ema"].items()}
-    io.torch_save(ckpt, run / "checkpoint.pt")
+    io.torch_save(ckpt, run / "ema.pt")
     out = tmp_path / "samples"
     assert sample_cli(run, out) == 2
     err = capsys.readouterr().err
@@ -228,7 +228,7 @@ def test_checkpoint_of_another_run_is_refused(run, capsys):
     with pytest.raises(rundir.RunMismatchError, match="train.seed: 1 in config.json but 0 in checkpoint.pt"):
         train(tiny_e(), run, steps=4, resume=True, seed=1, progress=False, device="cpu")
     assert sample_cli(run, run.parent / "s") == 2
-    assert "train.seed: 1 in config.json but 0 in checkpoint.pt" in capsys.readouterr().err
+    assert "train.seed: 1 in config.json but 0 in ema.pt" in capsys.readouterr().err
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
@@ -241,15 +241,15 @@ def _flip_byte(path: Path, offset: int) -> None:
 
 
 @pytest.mark.parametrize("fault, message", [
-    ("truncated", "checkpoint.pt: its sha256 differs from the one recorded in checkpoint.pt.sha256"),
-    ("truncated-no-checksum", "checkpoint.pt: not a readable checkpoint (PytorchStreamReader failed"),
-    ("empty", "checkpoint.pt: empty file (0 bytes)"),
-    ("flipped", "checkpoint.pt: its sha256 differs"),
+    ("truncated", "ema.pt: its sha256 differs from the one recorded in ema.pt.sha256"),
+    ("truncated-no-checksum", "ema.pt: not a readable checkpoint (PytorchStreamReader failed"),
+    ("empty", "ema.pt: empty file (0 bytes)"),
+    ("flipped", "ema.pt: its sha256 differs"),
     ("config-corrupt", "config.json: not a readable JSON record"),
     ("config-edited", "config.json: its content differs from the checksum recorded when it was written"),
 ])
 def test_damaged_run_files_name_the_file_and_the_fix(run, tmp_path, capsys, fault, message):
-    ckpt, cfg = run / "checkpoint.pt", run / "config.json"
+    ckpt, cfg = run / "ema.pt", run / "config.json"  # ema.pt: the weights sampling reads
     if fault.startswith("truncated"):
         ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
         if fault.endswith("no-checksum"):

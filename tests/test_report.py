@@ -296,6 +296,30 @@ def test_table_spec_drives_keys_and_scale():
     assert tables.table_scale("paper", "1").startswith("paper protocol: imagenet-128")
 
 
+def test_annotating_metrics_reads_records_without_importing_torch(tmp_path):
+    """`hdit report metrics` runs once per scored sample set (18 jobs in the paper DAG): it reads the parameter
+    count from done.json (`hdit train` writes it) and the versions from package metadata, so it never pays the
+    ~3 s of a torch import."""
+    import subprocess
+    import sys
+
+    from hdit.io import write_json
+
+    cfg = tables.resolve("E", "default").to_dict()
+    write_json(tmp_path / "run" / "config.json", {"config": cfg, "profile": "default", "seed": 0})
+    write_json(tmp_path / "run" / "done.json", {"step": cfg["train"]["steps"], "params": 123})
+    write_json(tmp_path / "samples" / "meta.json", {"n": 200, "steps": 25, "cfg_scale": 1.0})
+    write_json(tmp_path / "fid.json", {"fid": 50.0, "n": 200, "mode": "legacy_tensorflow"})
+    args = ["report", "metrics", "--fid", "fid.json", "--samples", "samples", "--run", "run", "--profile", "default",
+            "--out", "m.json"]
+    code = ("import sys; from hdit.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["train"]["params"] == 123 and m["versions"]["torch"] and m["fid"] == 50.0
+
+
 def test_annotated_metrics_keep_the_intervals(tmp_path):
     """`hdit report metrics` carries the intervals of `hdit fid` to the JSON the tables read."""
     from hdit.io import write_json

@@ -56,6 +56,28 @@ def test_shards_format_and_meta(run_e, tmp_path):
     assert load_run(run_e)[0].sample.steps == get_profile("default").sample_steps  # the profile decides
 
 
+def test_sampling_reads_the_ema_weights_alone_and_older_runs_still_sample(run_e, tmp_path):
+    """ema.pt holds exactly the checkpoint's EMA weights at its step; sampling never opens checkpoint.pt (a quarter
+    of the bytes to verify and load), and a run written before ema.pt existed samples from its checkpoint."""
+    ema, ckpt = (torch.load(run_e / f, weights_only=False) for f in ("ema.pt", "checkpoint.pt"))
+    assert sorted(ema) == ["config", "ema", "profile", "step"] and ema["step"] == ckpt["step"] == 2
+    assert ema["config"] == ckpt["config"] and ema["ema"].keys() == ckpt["ema"].keys()
+    assert all(torch.equal(ema["ema"][k], ckpt["ema"][k]) for k in ckpt["ema"])
+    params = sum(p.numel() for p in load_run(run_e)[2].parameters())
+    assert json.loads((run_e / "done.json").read_text())["params"] == params  # for `hdit report metrics`
+    reference = tmp_path / "ref"
+    sample_run(run_e, reference, n=3, steps=2, seed=0, batch_size=3, progress=False)
+    for name, damage in (("resume state unreadable", "checkpoint.pt"), ("older run", "ema.pt")):
+        run = tmp_path / name
+        shutil.copytree(run_e, run)
+        if damage == "checkpoint.pt":
+            (run / damage).write_bytes(b"never read")
+        else:
+            (run / damage).unlink()
+        sample_run(run, tmp_path / f"{name}-s", n=3, steps=2, seed=0, batch_size=3, progress=False)
+        assert np.array_equal(_read(tmp_path / f"{name}-s")[0], _read(reference)[0]), name
+
+
 def test_resume_equals_uninterrupted_and_seed_matters(run_e, tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     sample_run(run_e, a, n=6, steps=3, seed=1, batch_size=2, progress=False)
@@ -81,11 +103,11 @@ def test_cfg_changes_samples_and_labels_cover_classes(run_e, tmp_path):
     # weights so that conditional and unconditional predictions differ
     run = tmp_path / "run"
     shutil.copytree(run_e, run)
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(run / "ema.pt", weights_only=False)
     g = torch.Generator().manual_seed(0)
     ckpt["ema"] = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
                    for k, v in ckpt["ema"].items()}
-    torch_save(ckpt, run / "checkpoint.pt")  # the harness's writer: the checksum describes the edited weights
+    torch_save(ckpt, run / "ema.pt")  # the harness's writer: the checksum describes the edited weights
     sample_run(run, tmp_path / "w1", n=4, steps=3, seed=0, batch_size=4, progress=False)
     sample_run(run, tmp_path / "w3", n=4, steps=3, seed=0, batch_size=4, cfg_scale=3.0, progress=False)
     i1, l1 = _read(tmp_path / "w1")

@@ -132,6 +132,20 @@ def test_paper_profile_dry_run_has_gpu_resources(tmp_path):
     assert any("--n 5000 " in j for j in jobs(r.stdout, "fid")) and any("--n 50000 " in j for j in jobs(r.stdout, "fid"))
 
 
+def test_paper_smoke_trains_two_runs_side_by_side_and_imagenet_256_alone(tmp_path):
+    """threads.train_alone: ImageNet-256's training job claims both cores (its model leaves no memory for a
+    second job on the 24 GB machine); every other paper-size run takes one, so two of them train at once."""
+    (tmp_path / "synth/imagenet-train/n01440764").mkdir(parents=True)
+    (tmp_path / "synth/ffhq-1024").mkdir()
+    (tmp_path / "synth/ffhq-1024/00000.png").write_bytes(b"")
+    r = snakemake(tmp_path, "-n", "-p", "--cores", "2", "all", "--configfile",
+                  str(ROOT / "workflows/config/paper-smoke.yaml"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    threads = {re.search(r"wildcards: run=(\S+)", j)[1]: int(re.search(r"OMP_NUM_THREADS=(\d+)", j)[1])
+               for j in jobs(r.stdout, "train")}
+    assert len(threads) == 16 and threads.pop("imagenet-256") == 2 and set(threads.values()) == {1}
+
+
 def test_slurm_workflow_profile_dry_run(tmp_path):
     r = snakemake(tmp_path, "-n", "all", "--workflow-profile", str(ROOT / "workflows/profiles/slurm"),
                   "--configfile", paper_config(tmp_path))

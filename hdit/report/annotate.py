@@ -12,7 +12,7 @@ from pathlib import Path
 from hdit.configs import RunConfig
 from hdit.integrity import read_record
 from hdit.profiles import get_profile
-from hdit.provenance import provenance
+from hdit.provenance import versions
 from hdit.report.runs import rows_of_run
 from hdit.report.tables import scale
 
@@ -64,11 +64,11 @@ def annotate(fid: dict, sample_dir: str | Path, run_dir: str | Path, profile: st
         "fid_mode": fid.get("mode"),
         "train": {"steps": done["step"], "batch_size": t["batch_size"], "seed": config_json.get("seed", t["seed"]),
                   "lr": t["lr"], "weighting": t["weighting"], "gamma": t["gamma"], "objective": t["objective"],
-                  "params": count_params(resolved), "world_size": done.get("world_size"),
+                  "params": done.get("params") or count_params(resolved), "world_size": done.get("world_size"),
                   "wall_time_s": done.get("wall_time_s"), "device": _device(done)},
         "sample": {**{k: meta.get(k) for k in SAMPLE_KEYS}, "device": _device(meta)},
         "fid_device": _device(fid),
-        "versions": provenance(),
+        "versions": versions(),
         "paths": {"run": str(run_dir), "samples": str(sample_dir), "ref": fid.get("ref_dir")},
         "resolved_config": resolved,
         "fid_json": fid,

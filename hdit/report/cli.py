@@ -203,14 +203,20 @@ def _refstats(args) -> list[Path]:
     return [args.out]
 
 
-def main(args: argparse.Namespace) -> int:
-    from hdit.metrics import ExtractorError, MetricsError
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors reported as a message (HarnessError, ConfigError and MetricsError are ValueErrors). Inception's
+    ExtractorError is looked up only if a subcommand imported it: importing hdit.metrics costs a torch import,
+    which the record-only subcommands (`metrics`, `table`) do without."""
+    inception = sys.modules.get("hdit.metrics.inception")
+    return (ValueError, KeyError, ConfigError) + ((inception.ExtractorError,) if inception else ())
 
+
+def main(args: argparse.Namespace) -> int:
     try:
         run = {"table": _table, "grid": _grid, "curves": _curves, "figure": _figure, "metrics": _metrics,
                "refstats": _refstats}[args.what]
         paths = run(args)
-    except (ValueError, KeyError, ConfigError, MetricsError, ExtractorError) as e:
+    except _user_errors() as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"hdit report: error: {msg}", file=sys.stderr)
         return 2

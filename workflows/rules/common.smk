@@ -117,6 +117,12 @@ def training_signature(wildcards):
     return f"{run.training_key()}-{run.train.steps}"
 
 
+def train_threads(wildcards):
+    """Threads of a training job: config threads.train, or every core for a run in threads.train_alone (Snakemake
+    scales a claim above --cores down to --cores, and no other job starts while one holds them all)."""
+    return workflow.cores if wildcards.run in config["threads"].get("train_alone", []) else config["threads"]["train"]
+
+
 def rule_resources(rule):
     return config["resources"].get(rule, {})
 

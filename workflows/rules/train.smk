@@ -14,7 +14,7 @@ rule train:
         data=data_path,
         device=config["device"],
         signature=training_signature,
-    threads: config["threads"]["train"]
+    threads: train_threads
     resources:
         **rule_resources("train"),
     log:
