@@ -98,6 +98,13 @@ class Profile:
                 f"{self.fid_label()}")
 
 
+_DEFAULT_SCALE = dict(
+    resolution=32, patch_size=2, keep_inner_levels=2, width_divisor=12, head_dim=32, depth_divisor=4, min_depth=2,
+    mapping_width=128, dataset="shapes", num_classes=10, steps=800, batch_size=32, lr=3e-3, lr_warmup_steps=100,
+    ema_warmup_gamma=1.0, sample_steps=25, ddpm_sample_steps=25, fid_samples=200, fid_samples_ffhq_small=100,
+    cfg_scales=(1.0, 1.5, 2.0, 3.0), reference_n=200,
+)
+
 PROFILES: dict[str, Profile] = {
     "paper": Profile("paper", "Table 6 hyperparameters, ImageNet/FFHQ, FID-50k (GPU cluster)."),
     "default": Profile(
@@ -108,10 +115,15 @@ PROFILES: dict[str, Profile] = {
         # per step as the 1/6-width ones at ~2.2x fewer seconds per step, so the budget goes into steps; a higher
         # lr with a short warm-up, kept constant as Table 6. 800 steps: E's samples are classified as their class
         # ~2.5x as often as chance (0.10) where 200 steps at 1/6 width were at chance.
-        resolution=32, patch_size=2, keep_inner_levels=2, width_divisor=12, head_dim=32, depth_divisor=4, min_depth=2,
-        mapping_width=128, dataset="shapes", num_classes=10, steps=800, batch_size=32, lr=3e-3, lr_warmup_steps=100,
-        ema_warmup_gamma=1.0, sample_steps=25, ddpm_sample_steps=25, fid_samples=200,
-        fid_samples_ffhq_small=100, cfg_scales=(1.0, 1.5, 2.0, 3.0), reference_n=200,
+        **_DEFAULT_SCALE,
+    ),
+    # The default profile cut to 40 training steps: checks the harness end to end (training with its checkpoints,
+    # resume, sampling, scoring) in about a minute per run. Its numbers mean nothing and its tables say "smoke".
+    "smoke": Profile(
+        "smoke",
+        "The default profile with 40 training steps and FID-50: checks the harness end to end in minutes.",
+        **{**_DEFAULT_SCALE, "steps": 40, "lr_warmup_steps": 10, "fid_samples": 50, "fid_samples_ffhq_small": 25,
+           "reference_n": 50},
     ),
     # The paper DAG with only the counts shrunk, for a CPU: every Table 6 architecture at full size on its own
     # data pipeline (ImageNet class folders at 128/256 px, FFHQ at 1024 px with augmentation), the paper's

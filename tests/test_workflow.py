@@ -74,8 +74,9 @@ def test_default_all_shares_identical_rows(tmp_path):
     counts = job_counts(r.stdout)
     # 19 registry rows, E = skip-lerp = softminsnr-g4 and D = snr resolve equal -> 16 runs
     assert counts["train"] == 16
-    # Tables 1, 2, 5: 14 runs at w = 1; Table 3: two sample counts; Table 4 / Figure 9: one set per CFG scale
-    assert counts["sample"] == 14 + 2 + 4
+    # Tables 1, 2, 5: 14 runs at w = 1; Table 3: one sample set (its FID-small scores the set's first images);
+    # Table 4 / Figure 9: one set per CFG scale
+    assert counts["sample"] == 14 + 1 + 4 and counts["fid"] == 14 + 2 + 4
     for rule in ("table1_files", "table2_files", "table3_files", "table4_files", "table5_files", "fig2_files",
                  "fig8_files", "fig9_files"):
         assert counts[rule] == 1
@@ -129,7 +130,9 @@ def test_paper_profile_dry_run_has_gpu_resources(tmp_path):
         assert "--device cuda" in j and "--profile paper" in j
     assert any(f"--data {tmp_path / 'ffhq'}" in j for j in jobs(r.stdout, "train"))
     assert all("gpu=1" in j for j in jobs(r.stdout, "fid"))
-    assert any("--n 5000 " in j for j in jobs(r.stdout, "fid")) and any("--n 50000 " in j for j in jobs(r.stdout, "fid"))
+    # FID-50k on 50k samples; Table 3's FID-5k on the first 5k of the same set (no second sample set)
+    assert any("--first 5000 " in j for j in jobs(r.stdout, "fid")) and any("--n 50000 " in j for j in jobs(r.stdout, "fid"))
+    assert not any("-n5000-" in j for j in jobs(r.stdout, "sample"))
 
 
 def test_paper_smoke_trains_two_runs_side_by_side_and_imagenet_256_alone(tmp_path):
@@ -245,10 +248,11 @@ def test_killed_training_job_resumes_under_snakemake(tmp_path):
     import signal
     import time
 
-    target = "results/runs/default/B1/done.json"  # B1: the cheapest row to train under the default profile
-    run_dir = tmp_path / "results" / "runs" / "default" / "B1"
+    # B1, the cheapest row, under `smoke` (the default profile at 40 steps, a checkpoint every 4)
+    target, smoke = "results/runs/smoke/B1/done.json", ("--config", "profile=smoke")
+    run_dir = tmp_path / "results" / "runs" / "smoke" / "B1"
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "1",
-           target]
+           target, *smoke]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -262,11 +266,11 @@ def test_killed_training_job_resumes_under_snakemake(tmp_path):
     assert not (run_dir / "done.json").exists() and (run_dir / "checkpoint.pt").exists()
 
     # a hard kill leaves Snakemake's directory lock behind; its own message says to run --unlock first
-    assert snakemake(tmp_path, "--unlock").returncode == 0
-    r = snakemake(tmp_path, "--cores", "1", target)
+    assert snakemake(tmp_path, "--unlock", *smoke).returncode == 0
+    r = snakemake(tmp_path, "--cores", "1", target, *smoke)
     assert r.returncode == 0, r.stderr + r.stdout
     done = json.loads((run_dir / "done.json").read_text())
-    assert done["step"] == resolve("B1", "default").train.steps and done["resumed_from_step"] > 0
+    assert done["step"] == resolve("B1", "smoke").train.steps == 40 and done["resumed_from_step"] > 0
 
 
 def test_dag_does_not_depend_on_leftover_files_or_the_machine(tmp_path):

@@ -70,6 +70,34 @@ def _scores(moments: Moments, feats: np.ndarray, ref: dict, kid_subsets: int, ki
             "kid_subset_size": min(len(feats), len(ref["kid_feats"]), kid_subset_size)}
 
 
+def _scored_images(images, samples_dir: Path, n: int | None, first: int | None):
+    """The samples to score: all of them (exactly `n` if given) or the first `first`."""
+    held = len(images)
+    if n is not None and n != held:
+        raise MetricsError(f"n={n} but {samples_dir} holds {held} samples; expected exactly n samples")
+    if first is not None:
+        if not 1 <= first <= held:
+            raise MetricsError(f"first={first} but {samples_dir} holds {held} samples; expected 1 <= first <= {held}")
+        images = torch.utils.data.Subset(images, range(first))
+    if len(images) < 2:
+        raise MetricsError(f"{samples_dir}: {len(images)} sample(s); FID needs at least 2")
+    return images
+
+
+def _is_unavailable(net: InceptionNet, inception_score: bool | str) -> str | None:
+    """Why the Inception Score cannot be computed with `net` (None: it can, or it was not asked for). Checked
+    before any work: required (True) and unavailable raises; "if-available" records the reason."""
+    if not inception_score or net.classifier is not None:
+        return None
+    try:
+        net.logits(torch.zeros(1, FEATURE_DIM))
+    except ExtractorError as e:
+        if inception_score != "if-available":
+            raise
+        return str(e)
+    return None
+
+
 def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str = DEFAULT_MODE,
                     inception_score: bool | str = False, device=None, cache_dir=DEFAULT_CACHE_DIR,
                     batch_size: int | None = None, workers: int | None = None, kid_subsets: int = 100,
@@ -89,27 +117,14 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
     samples_dir = Path(samples_dir)
     if ref_dir is None and not inception_score:
         raise MetricsError("nothing to compute: give a reference directory (FID/KID) and/or inception_score=True")
-    images = open_images(samples_dir, mode)
-    held, shape = len(images), images.shape
-    if n is not None and n != held:
-        raise MetricsError(f"n={n} but {samples_dir} holds {held} samples; expected exactly n samples")
-    if first is not None:
-        if not 1 <= first <= held:
-            raise MetricsError(f"first={first} but {samples_dir} holds {held} samples; expected 1 <= first <= {held}")
-        images = torch.utils.data.Subset(images, range(first))
+    all_images = open_images(samples_dir, mode)
+    held, shape = len(all_images), all_images.shape
+    images = _scored_images(all_images, samples_dir, n, first)
     count = len(images)
-    if count < 2:
-        raise MetricsError(f"{samples_dir}: {count} sample(s); FID needs at least 2")
     device = str(device or default_device())
     net = net or load_inception(device)
-    is_unavailable = None
-    if inception_score and net.classifier is None:
-        try:  # fail (or record why IS is unavailable) before any work
-            net.logits(torch.zeros(1, FEATURE_DIM))
-        except ExtractorError as e:
-            if inception_score != "if-available":
-                raise
-            is_unavailable, inception_score = str(e), False
+    is_unavailable = _is_unavailable(net, inception_score)
+    inception_score = inception_score and is_unavailable is None
     result = {"label": fid_label(count), "n": count, "mode": mode, "extractor_sha256": net.sha256,
               "extractor_path": str(net.path), "samples_dir": str(samples_dir),
               "samples_held": held, "resolution": list(shape[:2])}
