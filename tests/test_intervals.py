@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from hdit.metrics.scores import (Moments, _trace_roots, bootstrap_interval, fid_bootstrap, frechet_distance,
-                                 kernel_inception_distance, kid_subset_values, psd_factor, subset_interval,
-                                 trace_sqrt_product)
+                                 kernel_inception_distance, kid_bootstrap, kid_subset_values, kid_subsets_differ,
+                                 psd_factor, subset_interval, trace_sqrt_product)
 
 D = 96  # feature dimension (Inception's is 2048; the algebra does not depend on it)
 
@@ -90,6 +90,48 @@ def test_kid_interval_is_its_subset_spread(ref):
     assert lo < values.mean() < hi
     assert lo == pytest.approx(np.quantile(values, 0.025)) and hi == pytest.approx(np.quantile(values, 0.975))
     np.testing.assert_array_equal(values, kid_subset_values(y, x, subsets=50, subset_size=40, seed=0))
+
+
+def _mmd2_unbiased(y, x):
+    """KID's unbiased MMD^2 with the cubic kernel, written out over index pairs (slow, obvious)."""
+    d, n, r = y.shape[1], len(y), len(x)
+    k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
+    off = lambda m: m.sum() - np.trace(m)  # noqa: E731
+    return off(k(x, x)) / (r * (r - 1)) + off(k(y, y)) / (n * (n - 1)) - 2 * k(y, x).sum() / (n * r)
+
+
+def test_kid_bootstrap_is_the_mmd_of_each_resample(ref):
+    """Each bootstrap value is the unbiased MMD^2 of the resampled rows (repeats included) against the reference,
+    drawn from the same seeded generator; without repeats it is the whole-set KID (= KID when every subset is
+    the whole set)."""
+    x, _, _ = ref
+    x = x[:60]
+    y = samples(40)
+    boot = kid_bootstrap(y, x, resamples=4, seed=3)
+    rng = np.random.default_rng(3)
+    expected = [_mmd2_unbiased(y[rng.integers(0, len(y), len(y))], x) for _ in range(4)]
+    np.testing.assert_allclose(boot, expected, rtol=1e-9)
+    same = kid_subset_values(y, x[:40], subsets=3, subset_size=1000, seed=0)
+    np.testing.assert_allclose(same, _mmd2_unbiased(y, x[:40]), rtol=1e-9)  # every subset: the whole set
+
+
+def test_kid_interval_is_never_a_point_when_subsets_are_the_whole_set():
+    """FID-200 against 200 reference images with KID's subset size 1000: every subset is the whole set, so their
+    spread is exactly 0 -- a zero-width "interval" that would call every row difference resolved. The bootstrap
+    takes over there, and its width falls with n like FID's."""
+    x = np.random.default_rng(5).normal(size=(200, D))
+    assert not kid_subsets_differ(200, 200) and not kid_subsets_differ(200, 5000) and kid_subsets_differ(5000, 5000)
+    y = samples(200)
+    values = kid_subset_values(y, x[:200], subsets=20, subset_size=1000, seed=0)
+    assert np.ptp(values) < 1e-12  # the degenerate spread
+    widths = []
+    for n in (50, 200):
+        y = samples(n)
+        kid = kernel_inception_distance(y, x[:n], subsets=5, subset_size=1000)
+        lo, hi = bootstrap_interval(kid, kid_bootstrap(y, x[:n], resamples=200, seed=0), floor=None)
+        assert lo < kid < hi
+        widths.append(hi - lo)
+    assert widths[1] < 0.7 * widths[0]
 
 
 def test_bad_bootstrap_arguments():

@@ -307,9 +307,10 @@ def test_reference_stats_cached_reused_and_cli_json(tmp_path, net, monkeypatch, 
                                     kid_subsets=5)
     assert first["ref_stats_cached"] is False and Path(first["ref_stats_path"]).is_file()
     assert first["label"] == "FID-10" and first["fid"] > 0 and np.isfinite(first["kid"])
-    # every FID and KID carries its 95% interval (bootstrap over the samples; KID's subset spread)
-    assert first["fid_ci95"][0] <= first["fid"] <= first["fid_ci95"][1]
-    assert first["kid_ci95"][0] <= first["kid"] <= first["kid_ci95"][1]
+    # every FID and KID carries a 95% interval of non-zero width (bootstrap over the samples; KID: its subset
+    # spread, or the bootstrap where each subset would be all 10 samples)
+    assert first["fid_ci95"][0] < first["fid"] < first["fid_ci95"][1]
+    assert first["kid_ci95"][0] < first["kid"] < first["kid_ci95"][1] and first["kid_interval"] == "bootstrap"
     assert first["fid_bootstrap"]["resamples"] == 200 and first["fid_bootstrap"]["seed"] == 0
 
     def no_features(*args, **kwargs):

@@ -14,7 +14,8 @@ from hdit.metrics.inception import FEATURE_DIM, ExtractorError, InceptionNet, lo
 from hdit.metrics.reference import load_stats
 from hdit.metrics.refstats import DEFAULT_CACHE_DIR, reference_stats
 from hdit.metrics.scores import (Moments, bootstrap_interval, fid_bootstrap, fid_label, frechet_distance,
-                                 inception_score as is_score, kid_subset_values, subset_interval)
+                                 inception_score as is_score, kid_bootstrap, kid_subset_values,
+                                 kid_subsets_differ, subset_interval)
 from hdit.provenance import provenance
 
 # The paper's numbers come from the ADM evaluator, which feeds images to the TF graph at their own size
@@ -60,12 +61,18 @@ def _scores(moments: Moments, feats: np.ndarray, ref: dict, kid_subsets: int, ki
     start = time.perf_counter()
     boot = fid_bootstrap(feats, ref["mu"], ref["sigma"], fid_resamples, seed)
     kid_values = kid_subset_values(feats, ref["kid_feats"], kid_subsets, kid_subset_size, seed)
+    kid = float(kid_values.mean())
+    if kid_subsets_differ(len(feats), len(ref["kid_feats"]), kid_subset_size):
+        kid_interval = {"kid_ci95": list(subset_interval(kid_values)), "kid_interval": "subset spread"}
+    else:  # every subset is the whole set: bootstrap the samples as for FID (KID may be negative: no floor)
+        boot = kid_bootstrap(feats, ref["kid_feats"], fid_resamples, seed)
+        kid_interval = {"kid_ci95": list(bootstrap_interval(kid, boot, floor=None)), "kid_interval": "bootstrap"}
     return {"fid": fid, "fid_ci95": list(bootstrap_interval(fid, boot)),
             "fid_bootstrap": {"resamples": fid_resamples, "seed": seed, "mean": float(boot.mean()),
                               "std": float(boot.std()), "seconds": round(time.perf_counter() - start, 3),
                               "method": "sample features resampled with replacement; percentile interval "
                                         "re-centred on the measured FID (bias-corrected)"},
-            "kid": float(kid_values.mean()), "kid_ci95": list(subset_interval(kid_values)),
+            "kid": kid, **kid_interval,
             "kid_std": float(kid_values.std()), "kid_subsets": kid_subsets,
             "kid_subset_size": min(len(feats), len(ref["kid_feats"]), kid_subset_size)}
 
@@ -107,7 +114,9 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
     `n` samples (None: all samples in the directory) -> one JSON-able dict.
 
     Every FID and KID carries a 95% interval (`fid_ci95`, `kid_ci95`): FID from `fid_resamples` bootstrap
-    resamples of the sample features (seeded by `seed`), KID from the spread of its own subsets.
+    resamples of the sample features (seeded by `seed`), KID from the spread of its own subsets, or, where its
+    subsets are all the whole sample set (n <= kid_subset_size), from the same bootstrap (`kid_interval` says
+    which).
 
     first: score only the first `first` samples of the directory (which must hold at least that many), e.g.
     FID-5k on the first 5k images of a 50k set.

@@ -202,7 +202,8 @@ def interval_notes(df: pd.DataFrame) -> list[str]:
     if "fid_ci_lo" not in df or df.fid_ci_lo.isna().all():
         return []
     notes = ["[95% CI]: FID from a bootstrap over the scored samples (their Inception features resampled with "
-             "replacement, FID recomputed; seeded), KID from the spread of its random subsets. They cover the "
+             "replacement, FID recomputed; seeded), KID from the spread of its random subsets, or from the same "
+             "bootstrap where every subset would be the whole sample set (n <= 1000). They cover the "
              "sampling noise of the score only: another training run of the same row (other seed or machine) "
              "can move it further."]
     return notes + [n for n in (resolution_note(df, "FID", "fid_ci_lo", "fid_ci_hi"),
