@@ -16,7 +16,7 @@ import torch
 from hdit import cli
 from hdit.data.shapes import render
 from hdit.io import save_npz
-from hdit.metrics import compute, refstats
+from hdit.metrics import compute, refstats, scores
 from hdit.metrics.features import iter_features, open_images
 from hdit.metrics.images import ImageSet, MetricsError, content_hash
 from hdit.metrics.inception import (ENV_PATH, PACKAGED_SHA256, ExtractorError, load_inception, packaged_path,
@@ -311,6 +311,12 @@ def test_reference_stats_cached_reused_and_cli_json(tmp_path, net, monkeypatch, 
     # spread, or the bootstrap where each subset would be all 10 samples)
     assert first["fid_ci95"][0] < first["fid"] < first["fid_ci95"][1]
     assert first["kid_ci95"][0] < first["kid"] < first["kid_ci95"][1] and first["kid_interval"] == "bootstrap"
+    # each interval from its own bootstrap: the FID's from FID resamples, whichever way KID's is made
+    feats = np.concatenate(list(iter_features(open_images(samples, "legacy_tensorflow"), net, "legacy_tensorflow",
+                                              "cpu", None, None, verbose=False)))
+    stats = np.load(first["ref_stats_path"])
+    boot = scores.fid_bootstrap(feats, stats["mu"], stats["sigma"], 200, 0)
+    assert first["fid_ci95"] == pytest.approx(list(scores.bootstrap_interval(first["fid"], boot)), rel=1e-6)
     assert first["fid_bootstrap"]["resamples"] == 200 and first["fid_bootstrap"]["seed"] == 0
 
     def no_features(*args, **kwargs):

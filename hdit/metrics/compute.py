@@ -53,28 +53,33 @@ def _features(images, net, mode, device, batch_size, workers, name, verbose):
     return moments, np.concatenate(feats), time.perf_counter() - start
 
 
+def _kid_scores(feats: np.ndarray, ref_feats: np.ndarray, subsets: int, subset_size: int, resamples: int,
+                seed: int) -> dict:
+    """KID (mean over its random subsets) and its 95% interval: the subsets' spread, or, where every subset is the
+    whole sample set (n <= subset_size) and that spread is exactly 0, a bootstrap over the samples as for FID."""
+    values = kid_subset_values(feats, ref_feats, subsets, subset_size, seed)
+    kid = float(values.mean())
+    if kid_subsets_differ(len(feats), len(ref_feats), subset_size):
+        interval, how = subset_interval(values), "subset spread"
+    else:  # KID may be negative: no floor
+        interval, how = bootstrap_interval(kid, kid_bootstrap(feats, ref_feats, resamples, seed), floor=None), "bootstrap"
+    return {"kid": kid, "kid_ci95": list(interval), "kid_interval": how, "kid_std": float(values.std()),
+            "kid_subsets": subsets, "kid_subset_size": min(len(feats), len(ref_feats), subset_size)}
+
+
 def _scores(moments: Moments, feats: np.ndarray, ref: dict, kid_subsets: int, kid_subset_size: int,
             fid_resamples: int, seed: int) -> dict:
     """FID and KID against the reference statistics, each with its 95% interval."""
     mu, sigma = moments.mean_cov()
     fid = frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
     start = time.perf_counter()
-    boot = fid_bootstrap(feats, ref["mu"], ref["sigma"], fid_resamples, seed)
-    kid_values = kid_subset_values(feats, ref["kid_feats"], kid_subsets, kid_subset_size, seed)
-    kid = float(kid_values.mean())
-    if kid_subsets_differ(len(feats), len(ref["kid_feats"]), kid_subset_size):
-        kid_interval = {"kid_ci95": list(subset_interval(kid_values)), "kid_interval": "subset spread"}
-    else:  # every subset is the whole set: bootstrap the samples as for FID (KID may be negative: no floor)
-        boot = kid_bootstrap(feats, ref["kid_feats"], fid_resamples, seed)
-        kid_interval = {"kid_ci95": list(bootstrap_interval(kid, boot, floor=None)), "kid_interval": "bootstrap"}
-    return {"fid": fid, "fid_ci95": list(bootstrap_interval(fid, boot)),
-            "fid_bootstrap": {"resamples": fid_resamples, "seed": seed, "mean": float(boot.mean()),
-                              "std": float(boot.std()), "seconds": round(time.perf_counter() - start, 3),
+    fid_boot = fid_bootstrap(feats, ref["mu"], ref["sigma"], fid_resamples, seed)
+    return {"fid": fid, "fid_ci95": list(bootstrap_interval(fid, fid_boot)),
+            "fid_bootstrap": {"resamples": fid_resamples, "seed": seed, "mean": float(fid_boot.mean()),
+                              "std": float(fid_boot.std()), "seconds": round(time.perf_counter() - start, 3),
                               "method": "sample features resampled with replacement; percentile interval "
                                         "re-centred on the measured FID (bias-corrected)"},
-            "kid": kid, **kid_interval,
-            "kid_std": float(kid_values.std()), "kid_subsets": kid_subsets,
-            "kid_subset_size": min(len(feats), len(ref["kid_feats"]), kid_subset_size)}
+            **_kid_scores(feats, ref["kid_feats"], kid_subsets, kid_subset_size, fid_resamples, seed)}
 
 
 def _scored_images(images, samples_dir: Path, n: int | None, first: int | None):
