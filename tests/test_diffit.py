@@ -296,6 +296,14 @@ def test_diffit_table_columns_scale_and_compute(tmp_path):
     assert re.search(r"\| diffit-imagenet128 +\| DiffiT \(image space\) +\| +102\.00 \| +– \|", md)
     with pytest.raises(ValueError, match="FLOP count of E at 32 px under profile 'default'"):
         tables.table_diffit(metrics, [c for c in counted if c["profile"] == "paper"], "default")
+    # class accuracy beside FID, as in the other default-profile tables (the workflow scores every row's samples)
+    acc = {r: {"accuracy": a, "accuracy_ci95": [a - 0.05, a + 0.05], "n": 200, "chance": 0.1}
+           for r, a in zip(TABLE_DIFFIT_ROWS, (0.26, 0.14, 0.27))}
+    t = tables.build("diffit", metrics, "default", counted, acc)
+    assert t.df.set_index("row").class_acc.to_dict() == dict(zip(TABLE_DIFFIT_ROWS, (0.26, 0.14, 0.27)))
+    assert any(n.startswith("Class acc.: the fraction") for n in t.notes)
+    render.write(t, tmp_path)
+    assert re.search(r"\| +0\.27 \[0\.22, 0\.32\] +\|", (tmp_path / "table_diffit.md").read_text())
 
 
 def test_report_cli_renders_the_diffit_table(tmp_path, capsys):

@@ -62,7 +62,8 @@ def _kid_scores(feats: np.ndarray, ref_feats: np.ndarray, subsets: int, subset_s
     if kid_subsets_differ(len(feats), len(ref_feats), subset_size):
         interval, how = subset_interval(values), "subset spread"
     else:  # KID may be negative: no floor
-        interval, how = bootstrap_interval(kid, kid_bootstrap(feats, ref_feats, resamples, seed), floor=None), "bootstrap"
+        boot = kid_bootstrap(feats, ref_feats, resamples, seed)
+        interval, how = bootstrap_interval(kid, boot, floor=None), "bootstrap"
     return {"kid": kid, "kid_ci95": list(interval), "kid_interval": how, "kid_std": float(values.std()),
             "kid_subsets": subsets, "kid_subset_size": min(len(feats), len(ref_feats), subset_size)}
 

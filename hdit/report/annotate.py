@@ -18,7 +18,8 @@ from hdit.report.tables import scale
 
 SAMPLE_KEYS = ("sampler", "steps", "cfg_scale", "seed", "n", "eta", "rho", "batch_size", "weights",
                "checkpoint_step")
-SCORE_KEYS = ("fid", "fid_ci95", "fid_bootstrap", "kid", "kid_ci95", "kid_interval", "kid_std", "is_mean", "is_std", "is_unavailable",
+SCORE_KEYS = ("fid", "fid_ci95", "fid_bootstrap", "kid", "kid_ci95", "kid_interval", "kid_std",
+              "is_mean", "is_std", "is_unavailable",
               "n", "label", "extractor_sha256", "ref_n", "ref_content_sha256")
 
 

@@ -377,7 +377,7 @@ def _counted(flops: list[dict], row: str, resolution: int, profile: str) -> dict
                      f"JSON (`hdit flops --configs {row} --resolutions {resolution} --profile {profile}`)")
 
 
-def _diffit_row(row: str, m: dict, flops: list[dict], profile: Profile) -> dict:
+def _diffit_row(row: str, m: dict, flops: list[dict], profile: Profile, class_acc: dict | None = None) -> dict:
     run, paper = resolve(row, profile.name), paper_values()["table1"].get(row, {})
     trained = _counted(flops, row, run.model.resolution, profile.name)
     at_paper = _counted(flops, row, DIFFIT_PAPER_RES, "paper")
@@ -385,7 +385,7 @@ def _diffit_row(row: str, m: dict, flops: list[dict], profile: Profile) -> dict:
     steps, batch = train.get("steps"), train.get("batch_size")
     compute = 3 * trained["gflops"] * steps * batch / 1e3 if steps and batch else float("nan")
     return {"row": row, "backbone": BACKBONES[run.model.family], "title": get_config(row).title,
-            **_fid_columns(profile, row, m, paper.get("fid")),
+            **_fid_columns(profile, row, m, paper.get("fid"), class_acc),
             "params_trained": train.get("params", trained["params"]), "gflops_trained": trained["gflops"],
             "train_tmac": compute, "train_wall_s": _num(train.get("wall_time_s")), "train_device": train.get("device"),
             "weighting": run.train.weighting, f"gflops_{DIFFIT_PAPER_RES}": at_paper["gflops"],
@@ -393,16 +393,17 @@ def _diffit_row(row: str, m: dict, flops: list[dict], profile: Profile) -> dict:
             f"paper_gflops_{DIFFIT_PAPER_RES}": _num(paper.get(f"gflops_{DIFFIT_PAPER_RES}"))}
 
 
-def table_diffit(metrics: dict[str, dict], flops: list[dict], profile: Profile | str) -> Table:
+def table_diffit(metrics: dict[str, dict], flops: list[dict], profile: Profile | str,
+                 class_acc: dict[str, dict] | None = None) -> Table:
     """DiffiT (image space) beside HDiT step E and DiT-B/4 (R2), trained by the same harness under one profile.
 
     `flops` holds two sets of counts: each row's backbone as the profile trains it (at its training
     resolution) and the paper-scale one at 128 px (`hdit flops --profile ...`)."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
     need(metrics, TABLE_DIFFIT_ROWS)
-    df = pd.DataFrame([_diffit_row(r, metrics[r], flops, profile) for r in TABLE_DIFFIT_ROWS])
+    df = pd.DataFrame([_diffit_row(r, metrics[r], flops, profile, (class_acc or {}).get(r)) for r in TABLE_DIFFIT_ROWS])
     res = DIFFIT_PAPER_RES
-    display = [Column("row", "Row"), Column("backbone", "Backbone"), *FID_DISPLAY,
+    display = [Column("row", "Row"), Column("backbone", "Backbone"), *fid_display(df),
                Column("params_trained", "Params (trained)", "{:,d}"),
                Column("gflops_trained", "GFLOP (trained)", "{:.3f}"),
                Column("train_tmac", "Train TMAC", "{:.1f}"), Column("train_wall_s", "Train wall (s)", "{:.0f}"),
@@ -422,7 +423,7 @@ def table_diffit(metrics: dict[str, dict], flops: list[dict], profile: Profile |
              "Train TMAC ~ 3 x GFLOP (trained) x steps x batch (backward ~ 2 forwards).",
              "Train wall: seconds of the training job on its device (train_device in the CSV), with whatever else "
              "ran on the machine at the time; compare it across rows of one workflow run only.",
-             *_sharing_note(TABLE_DIFFIT_ROWS, profile)]
+             *_sharing_note(TABLE_DIFFIT_ROWS, profile), *interval_notes(df), *class_acc_notes(df, class_acc)]
     return Table("table_diffit", _caption("DiffiT (image space) beside HDiT (step E) and DiT-B/4 at matched "
                                           "training compute.", profile), df, display, notes)
 
@@ -444,5 +445,5 @@ def build(number: str, metrics: dict[str, dict], profile: Profile | str, flops: 
         need(metrics, [key])
         return table4(metrics[key], profile, (class_acc or {}).get(key))
     if number == "diffit":
-        return table_diffit(metrics, flops, profile)
+        return table_diffit(metrics, flops, profile, class_acc)
     return {"2": table2, "3": table3, "5": table5}[number](metrics, profile, class_acc)
