@@ -3,7 +3,7 @@ and the sampling weights, each checked (`hdit.integrity`), and the weights check
 
 `hdit train` writes the EMA weights twice at every checkpoint: inside checkpoint.pt (resume state: model, EMA,
 optimiser, RNG, 4x the parameters) and alone in ema.pt, first. Sampling reads only ema.pt, so it verifies and
-loads a quarter of the bytes (2.2 GB instead of 9.6 GB for ImageNet-256's 557M-parameter model).
+loads a quarter of the bytes (2.4 GB instead of 9.6 GB for ImageNet-256's 598M-parameter model).
 
 The checkpoint carries its own RunConfig (seed included) and profile. Two writers of one run directory (now
 prevented by `hdit.runlock`), or a file copied from another run, could leave config.json describing one run
@@ -86,13 +86,13 @@ def sampling_weights(run_dir) -> Path | None:
     return next((Path(run_dir) / f for f in (EMA, CHECKPOINT) if (Path(run_dir) / f).is_file()), None)
 
 
-def load_sampling_weights(run_dir, **load_kw) -> dict:
-    """The EMA weights `hdit sample` uses, checked: {"ema", "step", "config", "profile"} (ema.pt, or the
-    checkpoint of an older run without one)."""
+def load_sampling_weights(run_dir, **load_kw) -> tuple[str, dict]:
+    """(file name, its record) of the EMA weights `hdit sample` uses, checked: {"ema", "step", "config",
+    "profile"} from ema.pt, or the checkpoint of an older run without one."""
     path = sampling_weights(run_dir)
     if path is None or path.name == CHECKPOINT:
-        return load_checkpoint(run_dir, **load_kw)
-    return load_torch(path, checkpoint_fix(run_dir, EMA), EMA_KEYS, **load_kw)
+        return CHECKPOINT, load_checkpoint(run_dir, **load_kw)
+    return EMA, load_torch(path, checkpoint_fix(run_dir, EMA), EMA_KEYS, **load_kw)
 
 
 def check_checkpoint(ckpt: dict, config: dict, profile: str, run_dir, against: str = CONFIG,

@@ -71,8 +71,7 @@ def load_run(run_dir, device="cpu") -> tuple[RunConfig, dict, torch.nn.Module]:
     from hdit.backbones import build_model
 
     run, record = read_run(run_dir)
-    ckpt = rundir.load_sampling_weights(run_dir, mmap=True)
-    weights = rundir.sampling_weights(run_dir).name
+    weights, ckpt = rundir.load_sampling_weights(run_dir, mmap=True)
     rundir.check_checkpoint(ckpt, record["config"], record["profile"], run_dir, file=weights)
     model = build_model(run.model)
     model.load_state_dict(ckpt["ema"])
