@@ -24,3 +24,9 @@ def error_text(e: BaseException) -> str:
         original = re.split(r"\n(?=[\w.]+(?:Error|Exception): )", text)[-1]
         text = original.split(": ", 1)[1] if ": " in original else original
     return text.strip()
+
+
+# `hdit train` stopped at a step all ranks agreed on (a signal, or its --time-budget spent) after writing a
+# checkpoint: not a failure, the run continues with `--resume` (sysexits' EX_TEMPFAIL, "try again later").
+# The workflow (and a SLURM job that ran out of time) reads this code to continue the run in a new job.
+EXIT_STOPPED = 75
