@@ -74,11 +74,11 @@ def _recorded() -> dict:
     return json.loads(PIDS.read_text()) if PIDS.exists() else {"daemons": {}, "created": []}
 
 
-def _start(pids: dict, name: str, cmd: list[str], log: Path) -> None:
+def _start(pids: dict, name: str, cmd: list[str], log: Path, user: str | None = None) -> None:
     """Start one daemon in the foreground of its own session and record its PID before anything else."""
     with open(log, "ab") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+                             start_new_session=True, user=user, group=user)
     pids["daemons"][name] = {"pid": p.pid, "cmd": cmd}
     _record(pids)
 
@@ -100,7 +100,7 @@ def start_munge(pids: dict) -> None:
     for d in ("/run/munge", "/var/lib/munge", "/var/log/munge"):
         Path(d).mkdir(parents=True, exist_ok=True)
         shutil.chown(d, "munge", "munge")
-    _start(pids, "munged", ["runuser", "-u", "munge", "--", "munged", "--foreground"], STATE / "munged.log")
+    _start(pids, "munged", ["munged", "--foreground"], STATE / "munged.out", user="munge")
     _wait(_munge_works, 20, "munged to answer `munge -n | unmunge`")
 
 

@@ -127,10 +127,63 @@ def rule_resources(rule):
     return config["resources"].get(rule, {})
 
 
-def launcher():
-    """`hdit` on one device; torchrun for multi-GPU training (the paper profile)."""
-    n = config["torchrun"]["nproc_per_node"]
-    return "hdit" if n == 1 else f"torchrun --standalone --nproc_per_node={n} -m hdit.cli"
+# ------------------------------------------------------------------ training launch (hdit.launch)
+# How a run is launched: torchrun.nnodes x torchrun.nproc_per_node (per-run overrides in torchrun.runs). The
+# train rule's gpu / nodes / tasks / cpus_per_task resources follow from it; a run on more than one node is
+# an `mpi` job of the SLURM plugin (rule train_multinode), whose shell runs `srun` itself (hdit.launch).
+DERIVED_TRAIN_RESOURCES = ("gpu", "nodes", "tasks", "mpi", "tasks_per_gpu")
+if set(rule_resources("train")) & set(DERIVED_TRAIN_RESOURCES):
+    raise WorkflowError(f"config 'resources.train' sets {sorted(set(rule_resources('train')) & set(DERIVED_TRAIN_RESOURCES))}: "
+                        "a training job's GPUs, nodes and tasks follow from 'torchrun' (nnodes, nproc_per_node, runs); "
+                        "set them there")
+if unknown := sorted(set(config["torchrun"]["runs"]) - set(REGISTRY)):
+    raise WorkflowError(f"config 'torchrun.runs' names {unknown}, which are not runs; expected names of "
+                        f"hdit.configs.REGISTRY such as ffhq-1024, imagenet-256, E")
+
+
+def launch_shape(run):
+    """(nodes, processes per node) of a training run."""
+    t = config["torchrun"]
+    own = t["runs"].get(run, {})
+    return own.get("nnodes", t["nnodes"]), own.get("nproc_per_node", t["nproc_per_node"])
+
+
+MULTINODE_RUNS = sorted(r for r in REGISTRY if launch_shape(r)[0] > 1)
+SINGLE_NODE_RUNS = sorted(set(REGISTRY) - set(MULTINODE_RUNS))
+
+
+def runs_pattern(runs):
+    return "|".join(re.escape(r) for r in runs) or "(?!)"
+
+
+def gpus_per_node(run):
+    return launch_shape(run)[1] if config["device"].startswith("cuda") else 0
+
+
+def train_resources(multinode):
+    """Resources of a training job: the config's (mem_mb, runtime, partition ...) and the launch shape's. `gpu` is
+    the job's total (SLURM --gpus; a local run claims at most what --resources gpu=N allows); a multi-node job
+    has one task per node (`tasks`, `tasks_per_gpu: 0` so the plugin adds no --ntasks-per-gpu) and `mpi`.
+    `attempt` (1, 2, ... as Snakemake retries the job) tells hdit.launch whether an earlier attempt failed."""
+    res = {**rule_resources("train"),
+           "gpu": lambda wc: launch_shape(wc.run)[0] * gpus_per_node(wc.run),
+           "nodes": lambda wc: launch_shape(wc.run)[0],
+           "attempt": lambda wc, attempt: attempt}
+    # SLURM CPUs of a node's task: threads.train per process (not the job's threads, which a local run and a
+    # dry run scale down to --cores)
+    res.setdefault("cpus_per_task", lambda wc: config["threads"]["train"] * launch_shape(wc.run)[1])
+    if multinode:
+        res.update(mpi="srun", tasks=lambda wc: launch_shape(wc.run)[0], tasks_per_gpu=0)
+    return res
+
+
+def launcher(wildcards, threads, resources):
+    """`python -m hdit.launch job ...` for this run: one process runs `hdit train` itself, one node torchrun
+    --standalone, several nodes one torchrun per node under the job's own srun (hdit/launch.py)."""
+    nnodes, nproc = launch_shape(wildcards.run)
+    return (f"python -m hdit.launch job --nnodes {nnodes} --nproc-per-node {nproc} --threads {threads} "
+            f"--cpus-per-node {resources.cpus_per_task} --gpus-per-node {gpus_per_node(wildcards.run)} "
+            f"--stop-margin {config['training_jobs']['stop_margin_s']} --log-dir {LOGS}/train/{wildcards.run}.jobs")
 
 
 def dataset_setting(name, key):

@@ -1,5 +1,8 @@
 # Training. Only done.json is declared: checkpoint.pt stays undeclared so Snakemake never deletes resume
 # state when a job fails or is killed; `--resume` continues from it (or starts fresh if there is none).
+# A job that stops before its SLURM time limit (hdit.launch: exit 75, checkpoint written) is retried: the next
+# job resumes, up to training_jobs.max_jobs jobs. Each job's own log is kept in LOGS/train/RUN.jobs/ (a retry
+# removes the rule's `log:`). A run on several nodes is the same rule as an `mpi` job (train_multinode).
 
 
 rule train:
@@ -7,16 +10,19 @@ rule train:
         dataset=dataset_check(lambda wc: resolved(wc.run).data.name),
     output:
         f"{RUN_DIR}/done.json",
+    wildcard_constraints:
+        run=runs_pattern(SINGLE_NODE_RUNS),
     params:
         run_dir=lambda wc, output: os.path.dirname(output[0]),
         profile=P,
-        launcher=launcher(),
+        launcher=launcher,
         data=data_path,
         device=config["device"],
         signature=training_signature,
     threads: train_threads
     resources:
-        **rule_resources("train"),
+        **train_resources(multinode=False),
+    retries: config["training_jobs"]["max_jobs"] - 1
     log:
         f"{LOGS}/train/{{run}}.log",
     benchmark:
@@ -24,5 +30,13 @@ rule train:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train --config {wildcards.run} --profile {params.profile} "
+        "OMP_NUM_THREADS={threads} {params.launcher} --attempt {resources.attempt} -- "
+        "train --config {wildcards.run} --profile {params.profile} "
         "--out {params.run_dir} --resume --device {params.device} {params.data} > {log} 2>&1"
+
+
+use rule train as train_multinode with:
+    wildcard_constraints:
+        run=runs_pattern(MULTINODE_RUNS),
+    resources:
+        **train_resources(multinode=True),
