@@ -177,6 +177,12 @@ def train_resources(multinode):
     return res
 
 
+def train_retries():
+    """Snakemake retries of a training job: the main process continues a stopped run in a new job; the Snakemake
+    inside a cluster job runs the rule once (it would otherwise retry it inside the same SLURM job)."""
+    return 0 if workflow.remote_exec else config["training_jobs"]["max_jobs"] - 1
+
+
 def launcher(wildcards, threads, resources):
     """`python -m hdit.launch job ...` for this run: one process runs `hdit train` itself, one node torchrun
     --standalone, several nodes one torchrun per node under the job's own srun (hdit/launch.py)."""

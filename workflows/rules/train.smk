@@ -22,7 +22,7 @@ rule train:
     threads: train_threads
     resources:
         **train_resources(multinode=False),
-    retries: config["training_jobs"]["max_jobs"] - 1
+    retries: train_retries()
     log:
         f"{LOGS}/train/{{run}}.log",
     benchmark:
