@@ -193,6 +193,8 @@ def node_main(a) -> int:
     job_id = os.environ["SLURM_JOB_ID"]
     endpoint = f"{first_host(os.environ['SLURM_JOB_NODELIST'])}:{rendezvous_port(job_id)}"
     cmd = torchrun(a.nproc_per_node, a.rest, a.nnodes, endpoint, job_id)
+    print(f"hdit.launch: node {os.environ.get('SLURMD_NODENAME', '?')} (node {os.environ.get('SLURM_NODEID', '?')} "
+          f"of {a.nnodes}): torchrun agent with {a.nproc_per_node} processes, rendezvous at {endpoint}", flush=True)
     os.execv(cmd[0], cmd)
 
 
