@@ -1,6 +1,7 @@
 """A real SLURM cluster on this one machine, for the tests that run the workflow through `--executor slurm`.
 
-    python tests/slurm_local.py up       # install (as root, apt), start munged, slurmctld, two slurmd; wait idle
+    python tests/slurm_local.py install  # as root: Debian's slurmctld slurmd slurm-client munge (apt-get)
+    python tests/slurm_local.py up       # install if missing, start munged, slurmctld, two slurmd; wait idle
     python tests/slurm_local.py status   # what runs, or what is missing
     python tests/slurm_local.py down     # stop what `up` started (by the PIDs it recorded), undo its changes
 
@@ -262,7 +263,13 @@ def logs_tail(n: int = 40) -> str:
 
 
 if __name__ == "__main__":
-    actions = {"up": up, "down": down, "status": lambda: print(status())}
+    def install_checked():
+        why = [w for w in missing() if not w.startswith("a free ")]
+        if why:
+            sys.exit("cannot install the local SLURM cluster's packages: needs " + "; ".join(why))
+        install()
+
+    actions = {"install": install_checked, "up": up, "down": down, "status": lambda: print(status())}
     if len(sys.argv) != 2 or sys.argv[1] not in actions:
         sys.exit(f"usage: {sys.argv[0]} {'|'.join(actions)}")
     actions[sys.argv[1]]()

@@ -228,3 +228,30 @@ def test_stop_through_torchrun_is_exit_75_and_a_real_failure_is_not_retried(tmp_
     assert r.returncode == 1 and "attempt 1 of this run failed with exit code 2" in r.stderr
     r = job(1)  # a new invocation (attempt 1) clears the marker and runs
     assert r.returncode == 0 and not (tmp_path / "logs" / "failed.json").exists()
+
+
+def test_slurm_dry_run_shows_ffhq_1024_as_one_eight_node_job(tmp_path):
+    """paper.yaml under the SLURM profile: FFHQ-1024 is one `mpi` job on 8 nodes x 8 GPUs, a 128-px row one node
+    with 4, ImageNet-256 one node with 8."""
+    (tmp_path / "imagenet" / "n01440764").mkdir(parents=True)
+    (tmp_path / "ffhq").mkdir()
+    (tmp_path / "ffhq" / "00000.png").write_bytes(b"")
+    config = write_config(tmp_path, "paper.yaml", datasets={
+        "imagenet": {"path": str(tmp_path / "imagenet"), "reference_n": None},
+        "ffhq": {"path": str(tmp_path / "ffhq"), "reference_n": None}})
+    targets = [f"results/runs/paper/{run}/done.json" for run in ("ffhq-1024", "E", "imagenet-256")]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n", "-p",
+           *targets, "--workflow-profile", str(ROOT / "workflows/profiles/slurm"), "--configfile", str(config)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    blocks = {re.search(r"wildcards: run=(\S+)", b)[1]: b for b in re.split(r"\n(?=\[.*\]\nrule )", r.stdout)
+              if "wildcards: run=" in b}
+    ffhq = blocks["ffhq-1024"]
+    assert "rule train_multinode:" in ffhq
+    for resource in ("gpu=64", "nodes=8", "cpus_per_task=64", "mpi=srun", "tasks=8", "tasks_per_gpu=0", "runtime=1440"):
+        assert re.search(rf"\b{resource}(,|$)", ffhq, re.M), (resource, ffhq)
+    assert "hdit.launch job --nnodes 8 --nproc-per-node 8 " in ffhq and "--stop-margin 1200" in ffhq
+    for run, gpus in (("E", 4), ("imagenet-256", 8)):
+        assert "rule train:" in blocks[run] and "mpi=" not in blocks[run]
+        assert f"gpu={gpus}," in blocks[run] and "nodes=1," in blocks[run]
+        assert f"--nnodes 1 --nproc-per-node {gpus} " in blocks[run]
