@@ -14,8 +14,8 @@ One job of the train rule (one SLURM job, or one local Snakemake job) is one `jo
 - Time limit (issue 23): inside SLURM the job's remaining time (squeue %L) minus --stop-margin goes to
   `hdit train --time-budget`: training stops at a step all ranks agree on, writes a checkpoint and exits
   EXIT_STOPPED (75); the workflow continues the run in a new job (Snakemake retries, `--resume`). torchrun
-  reports any non-zero worker exit as 1, so every rank records its own exit code (`rank`) and the job is
-  "stopped" only when every rank of the world stopped.
+  reports any non-zero worker exit as 1, so every rank records its own exit code (`rank`): the job is
+  "stopped" only when every rank of the world stopped, and a failure keeps the failing rank's code.
 - Logs: every job writes DIR/<UTC time>-attempt<A>[-slurm<id>].log (the rule's `log:` is removed by a retry).
 - A real failure (not 75) leaves DIR/failed.json: the next attempt of the same Snakemake invocation fails at
   once, naming the failed job's log, instead of rerunning a broken run until the retries are spent; attempt 1
@@ -145,10 +145,16 @@ def run_teed(cmd: list[str], env: dict, log: Path) -> int:
             signal.signal(s, h)
 
 
-def world_stopped(status_dir: Path, world: int) -> bool:
-    """Every rank of the world exited EXIT_STOPPED (torchrun itself reports a stop as failure, exit 1)."""
-    codes = [int(p.read_text()) for p in status_dir.glob("rank-*.exit")]
-    return len(codes) == world and all(c == EXIT_STOPPED for c in codes)
+def ranks_code(code: int, status_dir: Path, world: int) -> int:
+    """The job's exit code from the ranks' own: torchrun reports any non-zero worker exit as 1, so a stop of every
+    rank is EXIT_STOPPED again, and a failure is the first failing rank's code (2: bad input) where recorded."""
+    codes = {int(p.stem.split("-")[1]): int(p.read_text()) for p in status_dir.glob("rank-*.exit")}
+    if code == 0 or world == 1:
+        return code
+    if len(codes) == world and set(codes.values()) == {EXIT_STOPPED}:
+        return EXIT_STOPPED
+    failed = [c for _, c in sorted(codes.items()) if c not in (0, EXIT_STOPPED)]
+    return failed[0] if failed else code
 
 
 def job_main(a) -> int:
@@ -175,9 +181,7 @@ def job_main(a) -> int:
         if budget is not None:
             cmd += ["--time-budget", str(budget)]
         status_dir.mkdir()
-        code = run_teed(cmd, {**os.environ, "OMP_NUM_THREADS": str(a.threads)}, log)
-        if code not in (0, EXIT_STOPPED) and world > 1 and world_stopped(status_dir, world):
-            code = EXIT_STOPPED
+        code = ranks_code(run_teed(cmd, {**os.environ, "OMP_NUM_THREADS": str(a.threads)}, log), status_dir, world)
     outcome = {0: "finished", EXIT_STOPPED: "stopped at an agreed step with a checkpoint (exit 75): the "
                "workflow continues the run in a new job with --resume"}.get(code, f"failed with exit code {code}")
     with open(log, "a") as out:

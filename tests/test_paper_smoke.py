@@ -30,7 +30,7 @@ def run(cmd, cwd, timeout):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, memory_heavy):
     work = tmp_path_factory.mktemp("paper-smoke")
     hdit = [sys.executable, "-m", "hdit.cli", "data", "synth"]
     run([*hdit, "--layout", "imagenet", "--classes", "1000", "--size", "96x72", "--out", "synth/imagenet-train"],
@@ -38,7 +38,8 @@ def smoke(tmp_path_factory):
     run([*hdit, "--layout", "ffhq", "--n", "6", "--size", "1024x1024", "--out", "synth/ffhq-1024"], work, 120)
     snakemake = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
                  "--cores", "2", "all", "--configfile", str(ROOT / "workflows/config/paper-smoke.yaml")]
-    r = run(snakemake, ROOT, 1500)
+    with memory_heavy():  # not beside tests/test_slurm.py's paper-size 2-node training
+        r = run(snakemake, ROOT, 1500)
     again = run([*snakemake[:-2], "-n", *snakemake[-2:]], ROOT, 300)  # finished results are not recomputed
     yield work / "results", r.stdout + r.stderr + again.stdout + again.stderr
     shutil.rmtree(work, ignore_errors=True)  # ~40 GB of paper-size checkpoints

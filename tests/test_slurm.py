@@ -97,34 +97,6 @@ def max_diff(dir_a, dir_b) -> float:
 
 
 @pytest.mark.slow
-def test_paper_smoke_row_trains_as_one_two_node_job_then_is_sampled_and_scored(cluster, tmp_path):
-    synth = [sys.executable, "-m", "hdit.cli", "data", "synth", "--layout", "imagenet", "--classes", "1000",
-             "--size", "32x24", "--out", "synth/imagenet-train"]
-    subprocess.run(synth, cwd=tmp_path, check=True, capture_output=True, timeout=600, env=ENV)
-    (tmp_path / "synth" / "ffhq-1024").mkdir()
-    config = write_config(tmp_path, "paper-smoke.yaml", torchrun={"nnodes": 1, "nproc_per_node": 1,
-                                                                  "runs": {"E": {"nnodes": 2}}})
-    r = slurm_snakemake(tmp_path, config, "results/metrics/paper-smoke/E/seed0-cfg1.0-fid3.json", timeout=900)
-    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-5000:]
-    assert re.search(r"rule train_multinode:.*?resources: .*nodes=2.*mpi=srun, tasks=2", r.stdout + r.stderr, re.S)
-    (log,) = job_logs(tmp_path, "paper-smoke", "E")  # one SLURM job
-    text = log.read_text()
-    assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in text
-    # one torchrun agent on each emulated node, both meeting at the first one
-    assert re.search(r"^0: hdit.launch: node n1 \(node 0 of 2\).*rendezvous at n1:\d+$", text, re.M), text[-3000:]
-    assert re.search(r"^1: hdit.launch: node n2 \(node 1 of 2\).*rendezvous at n1:\d+$", text, re.M), text[-3000:]
-    assert "hdit.launch: attempt 1: finished" in text
-    done = json.loads((tmp_path / "results/runs/paper-smoke/E/done.json").read_text())
-    assert done["world_size"] == 2
-    metrics = json.loads((tmp_path / "results/metrics/paper-smoke/E/seed0-cfg1.0-fid3.json").read_text())
-    assert metrics["n"] == 3 and math.isfinite(metrics["fid"])
-    # the same row trained by one local process (batch 2 on one rank, not 1 + 1)
-    hdit_train(tmp_path, "--config", "E", "--profile", "paper-smoke", "--out", "local", "--device", "cpu",
-               "--data", "synth/imagenet-train", "--no-progress")
-    assert max_diff(tmp_path / "local", tmp_path / "results/runs/paper-smoke/E") <= TOL
-
-
-@pytest.mark.slow
 def test_run_longer_than_its_jobs_continues_in_new_jobs_until_done(cluster, tmp_path):
     """smoke-profile E (40 steps) in jobs of a 1-minute limit that stop 40 s before it: ~10 s of training each."""
     config = write_config(tmp_path, "default.yaml", profile="smoke", training_jobs={"max_jobs": 12, "stop_margin_s": 40},
@@ -226,8 +198,15 @@ def test_stop_through_torchrun_is_exit_75_and_a_real_failure_is_not_retried(tmp_
     assert r.returncode == 2 and (tmp_path / "logs" / "failed.json").exists()
     r = job(2, "--grad-accum", "3")
     assert r.returncode == 1 and "attempt 1 of this run failed with exit code 2" in r.stderr
-    r = job(1)  # a new invocation (attempt 1) clears the marker and runs
-    assert r.returncode == 0 and not (tmp_path / "logs" / "failed.json").exists()
+
+
+def test_a_new_invocation_clears_the_failure_marker(tmp_path):
+    from hdit.launch import FAILED, fail_fast
+
+    (tmp_path / FAILED).write_text(json.dumps({"attempt": 1, "code": 2, "log": "L"}))
+    assert "attempt 1 of this run failed with exit code 2 (not a stop at the time limit), see L" in fail_fast(tmp_path, 3)
+    assert fail_fast(tmp_path, 1) is None and not (tmp_path / FAILED).exists()  # attempt 1: a new invocation
+    assert fail_fast(tmp_path, 2) is None
 
 
 def test_slurm_dry_run_shows_ffhq_1024_as_one_eight_node_job(tmp_path):
@@ -255,3 +234,37 @@ def test_slurm_dry_run_shows_ffhq_1024_as_one_eight_node_job(tmp_path):
         assert "rule train:" in blocks[run] and "mpi=" not in blocks[run]
         assert f"gpu={gpus}," in blocks[run] and "nodes=1," in blocks[run]
         assert f"--nnodes 1 --nproc-per-node {gpus} " in blocks[run]
+
+
+# last in the module: it may wait for tests/test_paper_smoke.py's DAG to leave the machine's memory
+@pytest.mark.slow
+def test_paper_smoke_row_trains_as_one_two_node_job_then_is_sampled_and_scored(cluster, tmp_path, memory_heavy):
+    with memory_heavy():  # two paper-size processes: not beside tests/test_paper_smoke.py's DAG
+        two_node_row(tmp_path)
+
+
+def two_node_row(tmp_path):
+    synth = [sys.executable, "-m", "hdit.cli", "data", "synth", "--layout", "imagenet", "--classes", "1000",
+             "--size", "32x24", "--out", "synth/imagenet-train"]
+    subprocess.run(synth, cwd=tmp_path, check=True, capture_output=True, timeout=600, env=ENV)
+    (tmp_path / "synth" / "ffhq-1024").mkdir()
+    config = write_config(tmp_path, "paper-smoke.yaml", torchrun={"nnodes": 1, "nproc_per_node": 1,
+                                                                  "runs": {"E": {"nnodes": 2}}})
+    r = slurm_snakemake(tmp_path, config, "results/metrics/paper-smoke/E/seed0-cfg1.0-fid3.json", timeout=900)
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-5000:]
+    assert re.search(r"rule train_multinode:.*?resources: .*nodes=2.*mpi=srun, tasks=2", r.stdout + r.stderr, re.S)
+    (log,) = job_logs(tmp_path, "paper-smoke", "E")  # one SLURM job
+    text = log.read_text()
+    assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in text
+    # one torchrun agent on each emulated node, both meeting at the first one
+    assert re.search(r"^0: hdit.launch: node n1 \(node 0 of 2\).*rendezvous at n1:\d+$", text, re.M), text[-3000:]
+    assert re.search(r"^1: hdit.launch: node n2 \(node 1 of 2\).*rendezvous at n1:\d+$", text, re.M), text[-3000:]
+    assert "hdit.launch: attempt 1: finished" in text
+    done = json.loads((tmp_path / "results/runs/paper-smoke/E/done.json").read_text())
+    assert done["world_size"] == 2
+    metrics = json.loads((tmp_path / "results/metrics/paper-smoke/E/seed0-cfg1.0-fid3.json").read_text())
+    assert metrics["n"] == 3 and math.isfinite(metrics["fid"])
+    # the same row trained by one local process (batch 2 on one rank, not 1 + 1)
+    hdit_train(tmp_path, "--config", "E", "--profile", "paper-smoke", "--out", "local", "--device", "cpu",
+               "--data", "synth/imagenet-train", "--no-progress")
+    assert max_diff(tmp_path / "local", tmp_path / "results/runs/paper-smoke/E") <= TOL
