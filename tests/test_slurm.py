@@ -98,23 +98,25 @@ def max_diff(dir_a, dir_b) -> float:
 
 @pytest.mark.slow
 def test_run_longer_than_its_jobs_continues_in_new_jobs_until_done(cluster, tmp_path):
-    """smoke-profile E (40 steps) in jobs of a 1-minute limit that stop 40 s before it: ~10 s of training each."""
-    config = write_config(tmp_path, "default.yaml", profile="smoke", training_jobs={"max_jobs": 12, "stop_margin_s": 40},
+    """smoke-profile imagenet-256 (40 steps, ~25-60 s of training on 2 cores) in jobs of a 1-minute limit that stop
+    40 s before it: ~10-15 s of training each (the jobstep's own start-up takes the rest), so 2-6 jobs."""
+    config = write_config(tmp_path, "default.yaml", profile="smoke", training_jobs={"max_jobs": 15, "stop_margin_s": 40},
                           resources={"train": {"runtime": 1, "mem_mb": 2000}})
-    r = slurm_snakemake(tmp_path, config, "results/runs/smoke/E/done.json", timeout=900)
+    r = slurm_snakemake(tmp_path, config, "results/runs/smoke/imagenet-256/done.json", timeout=1200)
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-5000:]
-    logs = [p.read_text() for p in job_logs(tmp_path, "smoke", "E")]
+    paths = job_logs(tmp_path, "smoke", "imagenet-256")
+    logs = [p.read_text() for p in paths]
     assert len(logs) >= 2, logs
-    jobs = {re.search(r"-slurm(\d+)\.log$", str(p))[1] for p in job_logs(tmp_path, "smoke", "E")}
-    assert len(jobs) == len(logs)  # one SLURM job each (no retry inside a job)
+    assert len({re.search(r"-slurm(\d+)\.log$", str(p))[1] for p in paths}) == len(logs)  # one SLURM job each
     # every job but the last stopped itself before its limit, with a checkpoint; only the last one finished
     assert all("--time-budget " in t for t in logs)
     assert all("(exit 75)" in t and "continue with --resume" in t for t in logs[:-1])
     assert "hdit.launch: attempt %d: finished" % len(logs) in logs[-1]
-    done = json.loads((tmp_path / "results/runs/smoke/E/done.json").read_text())
+    done = json.loads((tmp_path / "results/runs/smoke/imagenet-256/done.json").read_text())
     assert done["step"] == 40 and done["resumed_from_step"] > 0
-    hdit_train(tmp_path, "--config", "E", "--profile", "smoke", "--out", "straight", "--device", "cpu", "--no-progress")
-    assert max_diff(tmp_path / "straight", tmp_path / "results/runs/smoke/E") == 0.0
+    hdit_train(tmp_path, "--config", "imagenet-256", "--profile", "smoke", "--out", "straight", "--device", "cpu",
+               "--no-progress")
+    assert max_diff(tmp_path / "straight", tmp_path / "results/runs/smoke/imagenet-256") == 0.0
 
 
 @pytest.mark.slow
