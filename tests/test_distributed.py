@@ -17,6 +17,7 @@ both rows in turn.
 """
 import csv
 import os
+import re
 import shutil
 import signal
 import socket
@@ -194,3 +195,21 @@ def test_checkpoint_of_per_rank_draws_is_refused(runs, tmp_path):
 
     with pytest.raises(HarnessError, match="draws were per rank.*1 per-rank RNG states.*new --out"):
         train(small("E", 4), tmp_path / "E", steps=2 * STEPS, resume=True, progress=False, device="cpu")
+
+
+def test_workflow_passes_grad_accum_per_run(tmp_path):
+    """Config train_grad_accum {RUN: K} becomes `hdit train --grad-accum K` for that run alone; unknown runs are
+    refused while the DAG is built."""
+    config = (ROOT / "workflows" / "config" / "default.yaml").read_text()
+    base = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n", "-p",
+            "results/runs/default/E/done.json", "results/runs/default/D/done.json", "--configfile"]
+    runs = {}
+    for accum in ("{E: 2}", "{Q: 2}"):
+        (tmp_path / "c.yaml").write_text(f"{config}train_grad_accum: {accum}\n")
+        runs[accum] = subprocess.run(base + [str(tmp_path / "c.yaml")], cwd=ROOT, env=ENV, capture_output=True,
+                                     text=True)
+    good, bad = runs["{E: 2}"], runs["{Q: 2}"]
+    assert good.returncode == 0, good.stdout + good.stderr
+    commands = {m[1]: m[2] for m in re.finditer(r"hdit train --config (\S+) .*?--grad-accum (\d+)", good.stdout)}
+    assert commands == {"E": "2", "D": "1"}
+    assert bad.returncode != 0 and "train_grad_accum' names run 'Q'" in bad.stdout + bad.stderr
