@@ -12,6 +12,7 @@ milliseconds), the step as `hdit bench` times it (CPU: median wall clock; CUDA: 
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -79,6 +80,17 @@ def measure(device, row, profile, resolution, batch, step_iters) -> dict:
             "overhead_pct_of_step": 100 * (keyed_s - legacy_s) / step_s}
 
 
+def machine(device: torch.device) -> str:
+    """CPU model and core count (from /proc/cpuinfo on Linux), or torch's name of the GPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -95,9 +107,11 @@ def main() -> int:
         rec = measure(device, row, profile, res, batch, iters)
         print(json.dumps(rec), flush=True)
         records.append(rec)
-    meta = {"command": " ".join([Path(sys.executable).name] + sys.argv), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "precision": "bf16-autocast" if a.device == "cuda" else "fp32",
-            "compile": False, "provenance": provenance(device), "cases": records}
+    meta = {"command": " ".join([Path(sys.executable).name] + sys.argv), "machine": machine(device),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": "bf16-autocast" if a.device == "cuda" else "fp32",
+            "compile": False, "provenance": provenance(device), "cases": records,
+            "note": "overhead = (keyed - per-rank draws) / step; draws timed alone over many repetitions, so the "
+                    "ratio holds on a busy machine even when the absolute step times drift"}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(a.out, meta)
     return 0
