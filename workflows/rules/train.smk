@@ -3,6 +3,12 @@
 # A job that stops before its SLURM time limit (hdit.launch: exit 75, checkpoint written) is retried: the next
 # job resumes, up to training_jobs.max_jobs jobs. Each job's own log is kept in LOGS/train/RUN.jobs/ (a retry
 # removes the rule's `log:`). A run on several nodes is the same rule as an `mpi` job (train_multinode).
+# config train_grad_accum {RUN: K} passes --grad-accum K (the same run, in K micro-batches per process).
+
+for _run, _k in config.get("train_grad_accum", {}).items():
+    if _run not in REGISTRY:
+        raise WorkflowError(f"config 'train_grad_accum' names run {_run!r}, which is not a config ID; expected "
+                            f"one of {sorted(REGISTRY)}")
 
 
 rule train:
@@ -18,6 +24,7 @@ rule train:
         launcher=launcher,
         data=data_path,
         device=config["device"],
+        grad_accum=lambda wc: config.get("train_grad_accum", {}).get(wc.run, 1),
         signature=training_signature,
     threads: train_threads
     resources:
@@ -31,8 +38,8 @@ rule train:
         "../envs/hdit.yaml"
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} --attempt {resources.attempt} -- "
-        "train --config {wildcards.run} --profile {params.profile} "
-        "--out {params.run_dir} --resume --device {params.device} {params.data} > {log} 2>&1"
+        "train --config {wildcards.run} --profile {params.profile} --out {params.run_dir} --resume "
+        "--device {params.device} --grad-accum {params.grad_accum} {params.data} > {log} 2>&1"
 
 
 use rule train as train_multinode with:
