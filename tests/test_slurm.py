@@ -137,6 +137,17 @@ def test_failing_training_job_is_reported_and_its_retry_fails_at_once(cluster, t
 
 # ----------------------------------------------------------------------------- without a cluster
 
+def test_missing_prerequisites_are_named(monkeypatch, tmp_path):
+    """What the skip (or, under HDIT_REQUIRE_SLURM=1, the failure) says: no root, a cluster configured here."""
+    monkeypatch.setattr(slurm_local.os, "geteuid", lambda: 1000)
+    foreign = tmp_path / "slurm.conf"
+    foreign.write_text("ClusterName=theirs\n")
+    monkeypatch.setattr(slurm_local, "CONF", foreign)
+    why = slurm_local.missing()
+    assert any(w.startswith("root") and "uid 1000" in w for w in why)
+    assert any(str(foreign) in w and "did not write" in w for w in why)
+
+
 def test_slurm_durations_are_read_as_squeue_prints_them():
     from hdit.launch import parse_slurm_time
 
