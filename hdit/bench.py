@@ -218,9 +218,7 @@ def train_step_fn(b: Bench, run, model, net, batch: int):
     fixed synthetic batch already on the device, so the img/s measured is that of `hdit train`'s step."""
     m, dev = run.model, b.device
     ema = copy.deepcopy(model).requires_grad_(False)
-    gen = torch.Generator(dev).manual_seed(0)
-    train_step = TrainStep(run, model, net, ema, make_optimizer(model, run), gen,
-                           autocast_args(dev, run.train.precision))
+    train_step = TrainStep(run, model, net, ema, make_optimizer(model, run), autocast_args(dev, run.train.precision))
     x0 = torch.rand(batch, m.in_channels, m.resolution, m.resolution, device=dev) * 2 - 1
     labels = torch.randint(0, m.num_classes, [batch], device=dev) if m.num_classes else None
     steps = itertools.count()

@@ -1,7 +1,7 @@
 """`hdit train`: train one paper row under a profile; resumable, bitwise reproducible on CPU.
 
     hdit train --config E --profile default --out runs/E [--steps N] [--resume] [--data PATH]
-               [--device cpu|cuda] [--seed S] [--checkpoint-every K]
+               [--device cpu|cuda] [--seed S] [--checkpoint-every K] [--grad-accum K] [--time-budget SECONDS]
 
 - Objective: EDM (`hdit.diffusion`, F-space loss with the row's weighting, interpolated-cosine sigma
   density with stratified u) for every row but R1, which trains with the ADM/DiT Gaussian diffusion
@@ -11,11 +11,23 @@
 - EMA: decay min(ema_decay, 1 - (1 + t / ema_warmup_gamma) ** -ema_warmup_power) (`hdit.ema`).
 - Class dropout: labels replaced by the null class (index num_classes) with probability cond_dropout.
 - bf16 autocast on CUDA (TrainConfig.precision); CPU runs fp32 through the same autocast call.
-- Multi-GPU: launched by torchrun (WORLD_SIZE/RANK/LOCAL_RANK) it runs DDP; the batch size is global,
-  each rank takes its own slice of the data stream, seeds and stratified-u strata.
-- Run dir: checkpoint.pt (model, EMA, optimiser, step, all RNG states, data position; written
-  atomically every --checkpoint-every steps and at exit), ema.pt (the EMA weights alone, for sampling; written
-  just before each checkpoint), config.json, log.csv, done.json.
+- The same run on any hardware (issue 22): launched by torchrun (WORLD_SIZE/RANK/LOCAL_RANK, one node or
+  many) it runs DDP. The batch size is global; each rank takes its contiguous slice of the global batch, split
+  into --grad-accum micro-batches, and every random draw of a sample is keyed by (seed, step, global index)
+  (`hdit.draws`), so 1 process, N processes on M nodes and 1 process accumulating K micro-batches train the
+  same run (equal up to the order of floating-point sums; tests/test_distributed.py states the tolerance).
+  --grad-accum is recorded in config.json but is not part of the run's identity (`RunConfig.training_key`).
+- Elastic resume: the checkpoint holds no per-rank state (no RNG state at all: every draw is re-keyed), so a
+  run checkpointed by N processes continues on M, 1 included.
+- Agreed stop: SIGTERM, SIGUSR1 or SIGINT to any one rank, or --time-budget SECONDS (from this session's start)
+  spent, sets a flag that the ranks all-reduce (MAX) at every step boundary, on a gloo group of their own and
+  one step behind: step k's flags are reduced while step k + 1 runs and read after it, so no rank waits on
+  the device and every rank stops after the same step. Rank 0 writes one checkpoint and every rank exits with
+  `hdit.errors.EXIT_STOPPED` (75): "stopped at step N (reason); continue with --resume". done.json is written
+  only when the run reached its step count.
+- Run dir: checkpoint.pt (model, EMA, optimiser, step, data position; written atomically every
+  --checkpoint-every steps and at exit), ema.pt (the EMA weights alone, for sampling; written just before each
+  checkpoint), config.json, log.csv (the loss is the mean over the global batch), done.json.
 - Non-finite loss: losses are read at log/checkpoint boundaries (one host sync per interval); the first
   non-finite one stops the run with an error naming its step, before the next checkpoint, so the last good
   checkpoint stays in place.
@@ -30,26 +42,25 @@ import copy
 import csv
 import math
 import os
-import random
 import signal
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from hdit import io, rundir
 from hdit.configs import RunConfig
-from hdit.errors import HarnessError, error_text
+from hdit.errors import EXIT_STOPPED, HarnessError, error_text
 from hdit.integrity import write_record
 from hdit.provenance import provenance
 from hdit.runlock import RunLock
 from hdit.step import TrainStep, autocast_args, make_optimizer
 
 LOG_FIELDS = ("step", "loss", "lr", "img_per_s", "elapsed_s")
+DRAWS = "keyed by (seed, step, sample)"  # checkpoint marker of the draw scheme (hdit.draws)
 
 
 class TrainError(RuntimeError):
@@ -64,6 +75,14 @@ class DivergedError(TrainError):
     pass
 
 
+class Stopped(Exception):
+    """The ranks agreed to stop at `step` (a signal or the time budget) and the checkpoint is written."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"stopped at step {step} ({reason}); continue with --resume")
+        self.step, self.reason = step, reason
+
+
 # ----------------------------------------------------------------------------- distributed
 
 def dist_env() -> tuple[int, int, int]:
@@ -72,36 +91,73 @@ def dist_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _all_gather(obj, world_size: int) -> list:
-    if world_size == 1:
-        return [obj]
-    out = [None] * world_size
-    torch.distributed.all_gather_object(out, obj)
-    return out
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] >> 1)
+class _Signals:
+    """SIGTERM/SIGUSR1/SIGINT set a flag (the first one received); the loop turns it into an agreed stop."""
+
+    def __init__(self):
+        self.received, self.previous = None, {}
+
+    def __enter__(self):
+        for s in STOP_SIGNALS:
+            try:
+                self.previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = self.received or signum
+
+    def __exit__(self, *exc):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+class _StopAgreement:
+    """Every rank's stop request (a signal, the time budget) reduced with MAX over a gloo group of its own, one
+    step behind: the flags of step k are all-reduced while step k + 1 runs and read after it. The host waits only
+    for the other ranks' hosts to reach step k's boundary, never on the device; every rank reads the same value
+    at the same boundary, so all stop after the same step. One process decides at once."""
+
+    def __init__(self, world_size: int, signals: _Signals, budget_s: float | None, start: float):
+        self.signals, self.budget_s, self.start = signals, budget_s, start
+        self.group = torch.distributed.new_group(backend="gloo") if world_size > 1 else None
+        self.pending = None  # (flags tensor, async work) of the previous boundary
+
+    def local(self) -> torch.Tensor:
+        spent = self.budget_s is not None and time.monotonic() - self.start >= self.budget_s
+        return torch.tensor([int(self.signals.received or 0), int(spent)], dtype=torch.int64)
+
+    def reason(self, flags: torch.Tensor) -> str | None:
+        sig, spent = flags.tolist()
+        if sig:
+            return f"{signal.Signals(sig).name} received"
+        return f"--time-budget {self.budget_s:g} s spent" if spent else None
+
+    def poll(self) -> str | None:
+        """Call at every step boundary but the last; the agreed reason to stop now, or None."""
+        flags = self.local()
+        if self.group is None:
+            return self.reason(flags)
+        previous, work = self.pending or (None, None)
+        self.pending = (flags, torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX, self.group,
+                                                            async_op=True))
+        if previous is None:
+            return None
+        work.wait()
+        return self.reason(previous)
+
+    def close(self) -> None:
+        """Complete the reduction in flight (every rank started it) before the group goes away."""
+        if self.pending is not None:
+            self.pending[1].wait()
+            self.pending = None
 
 
 # ----------------------------------------------------------------------------- checkpoint
-
-def rng_state(gen: torch.Generator) -> dict:
-    s = {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
-         "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(s["torch"])
-    gen.set_state(s["gen"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
 
 def default_checkpoint_every(steps: int) -> int:
     """Ten checkpoints per run (at most 10k steps apart); runs under 10 steps checkpoint only at the end (a
@@ -159,7 +215,7 @@ def _setup_device(device: str | None, local_rank: int, world_size: int) -> torch
     return device
 
 
-def _load_for_resume(out: Path, run: RunConfig, profile: str, world_size: int) -> dict | None:
+def _load_for_resume(out: Path, run: RunConfig, profile: str) -> dict | None:
     """The checkpoint to continue from (None: start fresh); refuses mismatched or unwanted resumes."""
     has_config = (out / "config.json").exists()
     if has_config:
@@ -181,32 +237,17 @@ def _load_for_resume(out: Path, run: RunConfig, profile: str, world_size: int) -
         return None
     ckpt = rundir.load_checkpoint(out)
     rundir.check_checkpoint(ckpt, run.to_dict(), profile, out, "config.json" if has_config else "the command line")
-    if ckpt["world_size"] != world_size:
-        raise TrainError(f"checkpoint was written with WORLD_SIZE={ckpt['world_size']}; resuming with "
-                         f"{world_size} would change the data and noise streams")
     return ckpt
 
 
-class _Signals:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops."""
-
-    def __init__(self):
-        self.received, self.previous = None, {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.previous[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for s, h in self.previous.items():
-            signal.signal(s, h)
+def _check_draws(ckpt: dict, out: Path) -> None:
+    """A checkpoint of the trainer before keyed draws (per-rank generators, saved per rank) cannot continue the
+    same run: its noise streams have no counterpart here."""
+    if ckpt.get("draws") != DRAWS:
+        raise HarnessError(
+            f"{out / rundir.CHECKPOINT} was written by a trainer whose random draws were per rank (before keyed "
+            f"draws, issue 22, it holds {len(ckpt.get('rng', []))} per-rank RNG states); it cannot continue "
+            "identically: train again in a new --out (or remove the run dir)")
 
 
 def train(run: RunConfig, out, profile: str = "default", **kw) -> dict:
@@ -230,19 +271,26 @@ class Session:
     world_size: int
     checkpoint_every: int
     data_path: str | None = None
+    grad_accum: int = 1
+    time_budget: float | None = None  # seconds from `started` after which the ranks agree to stop
+    started: float = 0.0  # time.monotonic() at the session's start
 
 
 def _train(run: RunConfig, out, profile: str = "default", *, steps: int | None = None, resume: bool = False,
            data_path=None, device: str | None = None, seed: int | None = None, checkpoint_every: int | None = None,
            log_every: int = 10, workers: int | None = None, attn_backend: str = "auto", compile: bool = False,
-           progress: bool = True) -> dict:
+           progress: bool = True, grad_accum: int = 1, time_budget: float | None = None) -> dict:
+    started = time.monotonic()
     s = _session(run, out, profile, steps, seed, device, checkpoint_every, data_path)
+    s = replace(s, grad_accum=_check_accum(s, grad_accum), time_budget=time_budget, started=started)
     ckpt = _check_run_dir(s, resume)
     if ckpt is not None and ckpt["step"] >= s.run.train.steps and (s.out / "done.json").exists():
         if s.rank == 0:
             print(f"{s.out}: already trained to step {ckpt['step']} (>= {s.run.train.steps}); nothing to do",
                   file=sys.stderr)
         return rundir.read_done(s.out)
+    if ckpt is not None:
+        _check_draws(ckpt, s.out)
     dataset, workers = _dataset(s, workers)
     state = _build(s, attn_backend, compile)
     start = _restore(state, ckpt) if ckpt is not None else (0, 0.0)
@@ -258,9 +306,21 @@ def _session(run, out, profile, steps, seed, device, checkpoint_every, data_path
     seed = run.train.seed if seed is None else seed
     run = replace(run, train=replace(run.train, steps=steps or run.train.steps, seed=seed))
     if run.train.batch_size % world_size:
-        raise TrainError(f"batch size {run.train.batch_size} is not divisible by WORLD_SIZE={world_size}")
+        raise HarnessError(f"batch size {run.train.batch_size} of config {run.id} is not divisible by "
+                           f"WORLD_SIZE={world_size}; expected a process count that divides it")
     every = checkpoint_every or default_checkpoint_every(run.train.steps)
     return Session(run, Path(out), profile, dev, rank, world_size, every, str(data_path) if data_path else None)
+
+
+def _check_accum(s: Session, k: int) -> int:
+    """--grad-accum K: each rank's batch must split into K equal micro-batches."""
+    batch = s.run.train.batch_size
+    per_rank = batch // s.world_size
+    if not isinstance(k, int) or k < 1 or per_rank % k:
+        raise HarnessError(f"--grad-accum {k}: the per-rank batch {per_rank} (batch {batch} of config {s.run.id} "
+                           f"over WORLD_SIZE={s.world_size}) does not split into {k} micro-batches; expected a "
+                           f"divisor of {per_rank}")
+    return k
 
 
 def _check_run_dir(s: Session, resume: bool) -> dict | None:
@@ -269,7 +329,7 @@ def _check_run_dir(s: Session, resume: bool) -> dict | None:
     if status and not resume:
         raise RunExistsError(f"run dir {str(s.out)!r} already holds {status}; pass --resume to continue it "
                              "or remove the directory")
-    return _load_for_resume(s.out, s.run, s.profile, s.world_size) if resume else None
+    return _load_for_resume(s.out, s.run, s.profile) if resume else None
 
 
 def _dataset(s: Session, workers: int | None):
@@ -291,26 +351,24 @@ def _dataset(s: Session, workers: int | None):
 
 
 def _build(s: Session, attn_backend: str, compile: bool) -> TrainStep:
-    """Model, EMA, optimiser and generator (state dicts always from the unwrapped `raw` module)."""
+    """Model, EMA and optimiser (state dicts always from the unwrapped `raw` module). The initial weights come
+    from the seed alone (every rank draws the same ones); the step's draws are keyed (`hdit.draws`)."""
     from hdit.backbones import build_model
 
-    seed = s.run.train.seed
-    torch.manual_seed(seed)
+    torch.manual_seed(s.run.train.seed)
     raw = build_model(s.run.model, attn_backend=attn_backend).to(s.device)
     ema = copy.deepcopy(raw).eval().requires_grad_(False)
     opt = make_optimizer(raw, s.run)
-    gen = torch.Generator(s.device).manual_seed(rank_seed(seed, s.rank))
-    torch.manual_seed(rank_seed(seed + 1, s.rank))  # dropout etc. draw from the global RNG
     amp = autocast_args(s.device, s.run.train.precision)
     net = _wrap(raw, s.run, s.device, s.world_size, compile, amp)
-    return TrainStep(s.run, raw, net, ema, opt, gen, amp, s.rank, s.world_size)
+    return TrainStep(s.run, raw, net, ema, opt, amp, s.rank, s.world_size, s.grad_accum)
 
 
 def _restore(state: TrainStep, ckpt: dict) -> tuple[int, float]:
+    """Weights, EMA and optimiser: the same on every rank, whatever the world size that wrote them."""
     state.raw.load_state_dict(ckpt["model"])
     state.ema.load_state_dict(ckpt["ema"])
     state.opt.load_state_dict(ckpt["opt"])
-    set_rng_state(ckpt["rng"][state.rank], state.gen)
     return ckpt["step"], ckpt["elapsed_s"]
 
 
@@ -333,7 +391,9 @@ def _write_config(s: Session, state: TrainStep, attn_backend: str, compile: bool
     (s.out / "done.json").unlink(missing_ok=True)
     write_record(s.out / "config.json", {
         "config": s.run.to_dict(), "config_id": s.run.id, "profile": s.profile, "seed": train.seed,
-        "training_key": s.run.training_key(), "world_size": s.world_size, "data_path": s.data_path or "",
+        "training_key": s.run.training_key(), "world_size": s.world_size, "grad_accum": s.grad_accum,
+        "micro_batch": train.batch_size // s.world_size // s.grad_accum, "draws": DRAWS,
+        "time_budget_s": s.time_budget, "data_path": s.data_path or "",
         "checkpoint_every": s.checkpoint_every, "objective": state.objective.description,
         "ema": f"min({train.ema_decay}, 1 - (1 + t / {train.ema_warmup_gamma}) ** -{train.ema_warmup_power})",
         "attn_backend": attn_backend, "compile": compile, "provenance": provenance(s.device)})
@@ -377,28 +437,29 @@ class _Losses:
 
 
 def _save_checkpoint(s: Session, state: TrainStep, stream, step: int, elapsed: float) -> None:
-    rngs = _all_gather(rng_state(state.gen), s.world_size)
+    """Rank 0 writes; nothing in it is per rank (world_size records who wrote it, it binds no resume)."""
     if s.rank == 0:
         # the sampling weights first (hdit.rundir): a kill between the two writes leaves ema.pt one checkpoint
         # ahead of the resume state, never behind it
         ema = state.ema.state_dict()
         identity = {"step": step, "config": s.run.to_dict(), "profile": s.profile}
         io.torch_save({"ema": ema, **identity}, s.out / rundir.EMA)
-        io.torch_save({"model": state.raw.state_dict(), "ema": ema, "opt": state.opt.state_dict(), "rng": rngs,
-                       "data": stream.state_dict(), "world_size": s.world_size, "elapsed_s": elapsed, **identity},
-                      s.out / rundir.CHECKPOINT)
+        io.torch_save({"model": state.raw.state_dict(), "ema": ema, "opt": state.opt.state_dict(),
+                       "data": stream.state_dict(), "draws": DRAWS, "world_size": s.world_size,
+                       "grad_accum": s.grad_accum, "elapsed_s": elapsed, **identity}, s.out / rundir.CHECKPOINT)
     if s.world_size > 1:
         torch.distributed.barrier()
 
 
 def _loop(s: Session, state: TrainStep, stream, start: tuple[int, float], log_every: int, progress: bool) -> dict:
-    """Steps until the run's total; logs, checkpoints, stops cleanly on SIGTERM/SIGINT."""
+    """Steps until the run's total; logs, checkpoints; an agreed stop checkpoints and raises `Stopped`."""
     (step, elapsed0), total, t0 = start, s.run.train.steps, time.perf_counter()
     losses = _Losses(s, step)
     pbar = tqdm(total=total, initial=step, desc=f"train {s.run.id}", disable=not progress or s.rank != 0,
                 dynamic_ncols=True)
     try:
         with _Signals() as signals:
+            agreement = _StopAgreement(s.world_size, signals, s.time_budget, s.started)
             state.raw.train()
             while step < total:
                 x, labels = next(stream)
@@ -406,15 +467,18 @@ def _loop(s: Session, state: TrainStep, stream, start: tuple[int, float], log_ev
                 losses.pending.append(state(x, labels, step))
                 lr, step = state.lr(step), step + 1
                 pbar.update(1)
-                checkpoint = step % s.checkpoint_every == 0 or step == total or signals.received is not None
+                stop = agreement.poll() if step < total else None  # the same on every rank
+                checkpoint = step % s.checkpoint_every == 0 or step == total or stop is not None
                 if step % log_every == 0 or checkpoint:
                     row = losses.log_row(step, lr, elapsed0 + time.perf_counter() - t0)
                     pbar.set_postfix(loss=row["loss"], img_s=row["img_per_s"])
                 if checkpoint:
                     _save_checkpoint(s, state, stream, step, elapsed0 + time.perf_counter() - t0)
                     losses.last_ckpt = step
-                if signals.received is not None:
-                    raise KeyboardInterrupt
+                if stop is not None:
+                    agreement.close()
+                    raise Stopped(step, stop)
+            agreement.close()
     finally:
         pbar.close()
     params = sum(p.numel() for p in state.raw.parameters())
@@ -425,7 +489,8 @@ def _finish(s: Session, session_start: int, step: int, elapsed0: float, seconds:
     done = {"step": step, "resumed_from_step": session_start, "wall_time_s": round(elapsed0 + seconds, 2),
             "seconds_per_step_this_session": round(seconds / max(1, step - session_start), 4),
             "config_id": s.run.id, "profile": s.profile, "seed": s.run.train.seed,
-            "training_key": s.run.training_key(), "world_size": s.world_size, "params": params,
+            "training_key": s.run.training_key(), "world_size": s.world_size, "grad_accum": s.grad_accum,
+            "params": params,
             "provenance": provenance(s.device)}
     if s.rank == 0:
         write_record(s.out / "done.json", done)
@@ -465,6 +530,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn-backend", default="auto",
                    help="HDiT neighborhood attention kernel: auto | masked | natten | flex (hdit.model.attention)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per rank and step (the batch stays the config's; not part of the run)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop, checkpoint and exit 75 after this many seconds of this session (resume to go on)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; use 1 per job when jobs share the cores)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -473,13 +542,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from hdit.profiles import resolve
 
-    for name in ("steps", "checkpoint_every", "log_every", "threads"):
+    for name in ("steps", "checkpoint_every", "log_every", "threads", "grad_accum"):
         v = getattr(args, name)
         if v is not None and v < 1:
             print(f"error: --{name.replace('_', '-')} {v}; expected a positive integer", file=sys.stderr)
             return 2
     if args.seed is not None and args.seed < 0:
         print(f"error: --seed {args.seed}; expected an integer >= 0", file=sys.stderr)
+        return 2
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        print(f"error: --time-budget {args.time_budget}; expected a positive number of seconds", file=sys.stderr)
         return 2
     if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
         print(f"error: --device {args.device!r}; expected cpu or cuda", file=sys.stderr)
@@ -488,18 +560,34 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     try:
         run = resolve(args.config, args.profile)
-        done = train(run, args.out, args.profile, steps=args.steps, resume=args.resume, data_path=args.data,
-                     device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                     log_every=args.log_every, workers=args.workers, attn_backend=args.attn_backend,
-                     compile=args.compile, progress=not args.no_progress)
+    except HarnessError as e:
+        print(f"error: {error_text(e)}", file=sys.stderr)
+        return 2
+    return train_command(run, args.out, args.profile, steps=args.steps, resume=args.resume, data_path=args.data,
+                         device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                         log_every=args.log_every, workers=args.workers, attn_backend=args.attn_backend,
+                         compile=args.compile, progress=not args.no_progress, grad_accum=args.grad_accum,
+                         time_budget=args.time_budget)
+
+
+def train_command(run: RunConfig, out, profile: str, **kw) -> int:
+    """`train` with the command's messages and exit codes: 0 trained, 75 stopped (resumable), 2 bad input,
+    1 failed, 130 interrupted outside the training loop."""
+    try:
+        done = train(run, out, profile, **kw)
     except (HarnessError, RunExistsError) as e:
         print(f"error: {error_text(e)}", file=sys.stderr)
         return 2
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:
+        if dist_env()[1] == 0:
+            print(f"{e} in {out}", file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
-        print(f"interrupted: checkpoint saved in {args.out}; continue with --resume", file=sys.stderr)
+        print(f"interrupted: the last checkpoint in {out} (if any) is kept; continue with --resume", file=sys.stderr)
         return 130
-    print(f"trained {args.config} to step {done['step']} in {done['wall_time_s']:.1f} s -> {args.out}")
+    if dist_env()[1] == 0:
+        print(f"trained {run.id} to step {done['step']} in {done['wall_time_s']:.1f} s -> {out}")
     return 0

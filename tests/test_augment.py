@@ -70,7 +70,7 @@ def test_trainer_passes_the_vector_to_the_model():
     from hdit.step import TrainStep, autocast_args, make_optimizer
 
     step = TrainStep(run, model, model, copy.deepcopy(model), make_optimizer(model, run),
-                     torch.Generator().manual_seed(0), autocast_args(torch.device("cpu"), "bf16"))
+                     autocast_args(torch.device("cpu"), "bf16"))
     loss = step(x, None, 0)  # the trainer's own step: augmentation, σ draw, loss, AdamW, EMA
     assert torch.isfinite(loss).all() and seen[0] is not None and seen[0].shape == (4, AUG_DIMS)
     assert seen[0].abs().sum() > 0

@@ -132,8 +132,8 @@ def test_stratified_u():
     g = torch.Generator().manual_seed(1)
     u = stratified_uniform(8, g)
     assert ((u >= torch.arange(8) / 8) & (u < torch.arange(1, 9) / 8)).all()
-    parts = torch.cat([stratified_uniform(4, g, rank=r, world_size=3) for r in range(3)])
-    assert (parts.floor() == 0).all() and (torch.floor(parts * 12) == torch.arange(12)).all()
+    u = stratified_uniform(12, g)  # the global batch's strata, sliced per rank by the trainer (hdit.draws)
+    assert (u.floor() == 0).all() and (torch.floor(u * 12) == torch.arange(12)).all()
 
 
 def test_karras_schedule():

@@ -123,16 +123,13 @@ def f_weighting(name: str, sigma: torch.Tensor, gamma: float = 4.0, sigma_data: 
 
 # ----------------------------------------------------------------------------- sigma density
 
-def stratified_uniform(n: int, generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1,
-                       device=None) -> torch.Tensor:
-    """u in [0, 1): one sample per stratum of the global batch (n per rank x world_size strata).
-
-    Drawn on the generator's device (no host-device copy in a GPU training step).
-    """
+def stratified_uniform(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """u in [0, 1): one sample per stratum, u_i = (i + r_i) / n with r_i uniform, n = the GLOBAL batch (the authors
+    stratify over the whole batch). A rank or micro-batch takes its contiguous slice (`hdit.draws`), so the
+    strata do not depend on how the batch is split. Drawn on the generator's device (no host-device copy)."""
     gen_device = generator.device if generator is not None else device
-    total = n * world_size
-    offsets = torch.arange(rank * n, (rank + 1) * n, dtype=torch.float64, device=gen_device)
-    u = (offsets + torch.rand(n, generator=generator, dtype=torch.float64, device=gen_device)) / total
+    offsets = torch.arange(n, dtype=torch.float64, device=gen_device)
+    u = (offsets + torch.rand(n, generator=generator, dtype=torch.float64, device=gen_device)) / n
     return u.to(device=device, dtype=torch.float32)
 
 
@@ -183,9 +180,8 @@ def sigma_from_u(u: torch.Tensor, resolution: int, sigma_min: float = 1e-3, sigm
     return sigma.clamp(sigma_min, sigma_max).to(u.dtype)
 
 
-def sample_sigma(n: int, resolution: int, generator: torch.Generator | None = None, rank: int = 0,
-                 world_size: int = 1, sigma_min: float = 1e-3, sigma_max: float = 1e3, sigma_data: float = 0.5,
-                 device=None) -> torch.Tensor:
-    """Training noise levels: interpolated-cosine density with u stratified over the global batch."""
-    u = stratified_uniform(n, generator, rank, world_size, device=device)
+def sample_sigma(n: int, resolution: int, generator: torch.Generator | None = None, sigma_min: float = 1e-3,
+                 sigma_max: float = 1e3, sigma_data: float = 0.5, device=None) -> torch.Tensor:
+    """Training noise levels of a global batch of n: interpolated-cosine density with stratified u."""
+    u = stratified_uniform(n, generator, device=device)
     return sigma_from_u(u, resolution, sigma_min, sigma_max, sigma_data)

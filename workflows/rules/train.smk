@@ -1,5 +1,11 @@
 # Training. Only done.json is declared: checkpoint.pt stays undeclared so Snakemake never deletes resume
 # state when a job fails or is killed; `--resume` continues from it (or starts fresh if there is none).
+# config train_grad_accum {RUN: K} passes --grad-accum K (the same run, in K micro-batches per process).
+
+for _run, _k in config.get("train_grad_accum", {}).items():
+    if _run not in REGISTRY:
+        raise WorkflowError(f"config 'train_grad_accum' names run {_run!r}, which is not a config ID; expected "
+                            f"one of {sorted(REGISTRY)}")
 
 
 rule train:
@@ -13,6 +19,7 @@ rule train:
         launcher=launcher(),
         data=data_path,
         device=config["device"],
+        grad_accum=lambda wc: config.get("train_grad_accum", {}).get(wc.run, 1),
         signature=training_signature,
     threads: train_threads
     resources:
@@ -25,4 +32,5 @@ rule train:
         "../envs/hdit.yaml"
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} train --config {wildcards.run} --profile {params.profile} "
-        "--out {params.run_dir} --resume --device {params.device} {params.data} > {log} 2>&1"
+        "--out {params.run_dir} --resume --device {params.device} --grad-accum {params.grad_accum} {params.data} "
+        "> {log} 2>&1"
