@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from hdit import io, rundir
 from hdit.configs import RunConfig
+from hdit.data.base import to_model_input
 from hdit.errors import HarnessError, error_text
 from hdit.integrity import write_record
 from hdit.provenance import provenance
@@ -401,8 +402,8 @@ def _loop(s: Session, state: TrainStep, stream, start: tuple[int, float], log_ev
         with _Signals() as signals:
             state.raw.train()
             while step < total:
-                x, labels = next(stream)
-                x, labels = x.to(s.device, non_blocking=True), labels.to(s.device, non_blocking=True)
+                x, labels = next(stream)  # uint8 NHWC, pinned on CUDA: converted to [-1, 1] NCHW on the device
+                x, labels = to_model_input(x.to(s.device, non_blocking=True)), labels.to(s.device, non_blocking=True)
                 losses.pending.append(state(x, labels, step))
                 lr, step = state.lr(step), step + 1
                 pbar.update(1)
