@@ -4,7 +4,7 @@
 
 rule train:
     input:
-        dataset=dataset_check(lambda wc: resolved(wc.run).data.name),
+        dataset=dataset_input(lambda wc: resolved(wc.run).data),
     output:
         f"{RUN_DIR}/done.json",
     params:
