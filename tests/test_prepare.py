@@ -91,6 +91,7 @@ def test_trainer_batches_from_prepared_equal_raw(source, prepared, workers):
         assert a.dtype == torch.uint8 and a.shape == (7, RES, RES, 3) and torch.equal(a, b) and torch.equal(la, lb)
         x = to_model_input(b)
         assert x.dtype == torch.float32 and x.shape == (7, 3, RES, RES) and x.is_contiguous()
+        assert torch.equal(x, b.permute(0, 3, 1, 2).float() / 127.5 - 1)  # the [-1, 1] scaling, as always
         assert torch.equal(x, imagenet(source, RES).get_batch(raw.keys(step))[0])
 
 
