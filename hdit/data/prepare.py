@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -127,17 +128,17 @@ def _clear(out: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _prepare_chunk(task: tuple) -> int:
+def _prepare_chunk(task: tuple) -> tuple[int, dict]:
     """Worker: crop the images of chunk k and write it, then its sha256 (a chunk without one is redone)."""
-    out, k, paths, resolution = task
+    out, k, entry, paths, resolution = task
     images = np.stack([load_image(p, resolution) for p in paths])
-    path = Path(out) / chunk_name(k)
+    path = Path(out) / entry["file"]
     with io.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, images, allow_pickle=False)
-        digest = io.file_sha256(tmp)
+        digest, size = io.file_sha256(tmp), tmp.stat().st_size
     io.write_text(io.checksum_path(path), f"{digest}  {path.name}\n")
-    return k
+    return k, {**entry, "sha256": digest, "bytes": size}
 
 
 def _chunk_done(out: Path, entry: dict) -> dict | None:
@@ -149,21 +150,33 @@ def _chunk_done(out: Path, entry: dict) -> dict | None:
     return {**entry, "sha256": recorded[0], "bytes": path.stat().st_size}
 
 
-def _compute(ds, plan: dict, out: Path, todo: list[int], workers: int, progress: bool) -> None:
-    k0 = plan["chunk_images"]
-    tasks = [(str(out), k, [str(ds.files[i][0]) for i in range(k * k0, k * k0 + plan["chunks"][k]["images"])],
-              plan["resolution"]) for k in todo]
-    bar = tqdm(total=len(plan["chunks"]), initial=len(plan["chunks"]) - len(todo), unit="chunk",
-               desc=f"prepare {plan['dataset']}-{plan['resolution']}", disable=not progress)
-    if workers == 1 or len(tasks) <= 1:
-        for t in tasks:
-            _prepare_chunk(t)
+def _existing(out: Path, plan: dict, threads: int) -> dict[int, dict]:
+    """Chunk index -> manifest entry of the chunks a previous run finished (checked, in threads)."""
+    with ThreadPoolExecutor(max(1, min(threads, 8))) as pool:
+        entries = pool.map(lambda e: _chunk_done(out, e), plan["chunks"])
+        return {k: e for k, e in enumerate(entries) if e is not None}
+
+
+def _compute(ds, plan: dict, out: Path, done: dict[int, dict], workers: int, progress: bool) -> dict[int, dict]:
+    """Compute the chunks not in `done` in `workers` processes; returns every chunk's manifest entry."""
+    k0, n = plan["chunk_images"], len(plan["chunks"])
+    tasks = [(str(out), k, e, [str(ds.files[i][0]) for i in range(k * k0, k * k0 + e["images"])],
+              plan["resolution"]) for k, e in enumerate(plan["chunks"]) if k not in done]
+    done = dict(done)
+    # fork before any thread exists (tqdm's monitor): the workers need only this module, no re-import
+    pool = multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) if workers > 1 and len(tasks) > 1 \
+        else None
+    bar = tqdm(total=n, initial=len(done), unit="chunk", desc=f"prepare {plan['dataset']}-{plan['resolution']}",
+               disable=not progress)
+    try:
+        for k, entry in (pool.imap_unordered(_prepare_chunk, tasks) if pool else map(_prepare_chunk, tasks)):
+            done[k] = entry
             bar.update(1)
-    else:  # fork: the workers need nothing but this module, no re-import of torch
-        with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
-            for _ in pool.imap_unordered(_prepare_chunk, tasks):
-                bar.update(1)
-    bar.close()
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    return done
 
 
 def _up_to_date(out: Path, manifest: dict) -> bool:
@@ -205,17 +218,12 @@ def prepare(dataset: str, data, resolution: int, out, split: str = "train", work
             return old
         write_record(out / PLAN, plan)
         io.write_text(out / FILES, listing)
-        done = {e["file"]: _chunk_done(out, e) for e in plan["chunks"]}
-        _compute(ds, plan, out, [k for k, e in enumerate(plan["chunks"]) if done[e["file"]] is None], workers,
-                 progress)
-        return _finish(ds, plan, out, workers, time.perf_counter() - start)
+        done = _compute(ds, plan, out, _existing(out, plan, workers), workers, progress)
+        return _finish(ds, plan, out, [done[k] for k in range(len(plan["chunks"]))], workers,
+                       time.perf_counter() - start)
 
 
-def _finish(ds, plan: dict, out: Path, workers: int, seconds: float) -> dict:
-    chunks = [_chunk_done(out, e) for e in plan["chunks"]]
-    if any(c is None for c in chunks):  # a worker's file vanished or was damaged under us
-        raise PrepareError(f"{out}: chunks {[e['file'] for e, c in zip(plan['chunks'], chunks) if c is None][:3]} "
-                           "did not verify after writing; rerun `hdit data prepare` with the same arguments")
+def _finish(ds, plan: dict, out: Path, chunks: list[dict], workers: int, seconds: float) -> dict:
     with io.atomic_path(out / LABELS) as tmp, open(tmp, "wb") as f:
         np.save(f, np.array([label for _, label in ds.files], dtype=np.int64), allow_pickle=False)
     manifest = {**plan, "kind": "prepared dataset", "chunks": chunks,
