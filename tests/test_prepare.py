@@ -247,3 +247,18 @@ def test_dag_prepares_once_per_dataset_and_resolution(tmp_path):
     assert "hdit data prepare" not in raw
     assert set(re.findall(r"hdit(?:\.cli)? (?:train|refstats) .*?--data (\S+)", raw)) == {str(tmp_path / "imagenet"),
                                                                                    str(tmp_path / "ffhq")}
+
+
+def test_loader_benchmark_records_both_paths(tmp_path):
+    """`hdit bench-loader` end to end at a small size (its figures are results/bench/loader-cpu.json)."""
+    import json
+
+    out = tmp_path / "loader.json"
+    assert cli(["bench-loader", "--resolutions", "128", "--images", "10", "--batch", "5", "--seconds", "0.05",
+                "--out", str(out), "--workdir", str(tmp_path)]) == 0
+    rec = json.loads(out.read_text())
+    r = rec["results"][0]
+    assert r["resolution"] == 128 and r["source"]["images"] == 10 and r["prepared_bytes"] == 10 * 49152 + 128
+    assert r["raw_img_s"] > 0 and r["prepared_img_s"] > 0 and [p["png_level"] for p in r["png_alternatives"]] == [0, 6]
+    assert rec["node_estimate"]["E-128"]["img_s_per_node"] == 16000 and "cpu" in rec["machine"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("hdit-loader-")]  # generated folders removed
