@@ -36,14 +36,17 @@ def _photo(rng, w, h):
     return np.clip(base + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
-def _folder(root, classes=4, per_class=6, seed=0):
+SIZES = ((90, 70), (64, 80), (150, 100), (40, 33))
+
+
+def _folder(root, classes=4, per_class=6, seed=0, sizes=SIZES):
     """ImageNet layout: non-square JPEGs and PNGs of several sizes (some > 2x the crop: BOX halvings), one grey."""
     rng = np.random.default_rng(seed)
     for k in range(classes):
         d = root / f"n{k:08d}"
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            w, h = [(90, 70), (64, 80), (150, 100), (40, 33)][(k + i) % 4]
+            w, h = sizes[(k + i) % len(sizes)]
             img = Image.fromarray(_photo(rng, w, h))
             if i == 5:
                 img.convert("L").save(d / f"{i}.png")
@@ -139,29 +142,41 @@ def _reference(source, tmp_path):
     return _chunks(out)
 
 
+def _photo_folder(root, n):
+    """`n` photo-sized JPEGs (~10 ms each to decode and crop: time to kill a prepare mid-way), each marked apart."""
+    base = _photo(np.random.default_rng(5), 1000, 750)
+    for i in range(n):
+        img = base.copy() if i % 2 else base.transpose(1, 0, 2).copy()
+        img[300:450, 300:450] = (i * 4, 255 - i * 4, i * 7 % 256)  # inside the centre crop
+        (root / f"n{i % 3:08d}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / f"n{i % 3:08d}" / f"{i}.JPEG", quality=90)
+    return root
+
+
 def test_killed_prepare_resumes_to_the_same_result(source, tmp_path):
-    big = _folder(tmp_path / "big", classes=2, per_class=40, seed=3)  # 40 chunks: time to kill it mid-way
+    big = _photo_folder(tmp_path / "big", 60)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "hdit.cli", "data", "prepare", "--dataset", "imagenet", "--data", str(big),
-           "--resolution", str(RES), "--out", str(out), "--chunk-images", "2", "--workers", "1", "--quiet"]
+           "--resolution", str(RES), "--out", str(out), "--chunk-images", "2", "--workers", "2", "--quiet"]
     p = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 60
     while len(list(out.glob("chunk-*.sha256"))) < 3 and p.poll() is None and time.time() < deadline:
         time.sleep(0.002)
-    os.kill(p.pid, signal.SIGKILL)
+    os.kill(p.pid, signal.SIGKILL)  # its two workers are orphaned: they finish their chunk, then exit
     p.wait()
     assert not (out / "manifest.json").exists() and (out / "plan.json").exists()
     # what else a kill can leave: a half-written temporary, a chunk renamed before its checksum was written
     (out / ".chunk-00005.npy.x1y2z3.tmp").write_bytes(b"half")
     np.save(out / "chunk-00006.npy", np.zeros((2, RES, RES, 3), np.uint8))
-    with pytest.warns(UserWarning, match="temporary"):
+    with pytest.warns(UserWarning, match="temporary"):  # the lock is free at once: the workers let go of it
         prepare("imagenet", big, RES, out, chunk_images=2, workers=1, progress=False)
-    assert _chunks(out) == _reference(big, tmp_path) and not list(out.glob("*.tmp"))
+    reference = _reference(big, tmp_path)
+    assert _chunks(out) == reference and len(set(reference)) == 30 and not list(out.glob("*.tmp"))
     # simulated: the manifest and one chunk gone -> the same result again
     (out / "manifest.json").unlink()
     (out / "chunk-00003.npy").unlink()
     prepare("imagenet", big, RES, out, chunk_images=2, workers=2, progress=False)
-    assert _chunks(out) == _reference(big, tmp_path)
+    assert _chunks(out) == reference
 
 
 def test_damaged_chunk_is_refused_by_name_and_repaired(source, prepared, tmp_path, capsys):

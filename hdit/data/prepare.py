@@ -157,15 +157,22 @@ def _existing(out: Path, plan: dict, threads: int) -> dict[int, dict]:
         return {k: e for k, e in enumerate(entries) if e is not None}
 
 
-def _compute(ds, plan: dict, out: Path, done: dict[int, dict], workers: int, progress: bool) -> dict[int, dict]:
+def _forget_lock(fd: int) -> None:
+    """Pool initializer: a worker closes its copy of the folder lock, so that the lock dies with the parent (a
+    killed prepare's orphaned workers, which finish at most their current chunk, never block the rerun)."""
+    os.close(fd)
+
+
+def _compute(ds, plan: dict, out: Path, done: dict[int, dict], workers: int, progress: bool,
+             lock_fd: int) -> dict[int, dict]:
     """Compute the chunks not in `done` in `workers` processes; returns every chunk's manifest entry."""
     k0, n = plan["chunk_images"], len(plan["chunks"])
     tasks = [(str(out), k, e, [str(ds.files[i][0]) for i in range(k * k0, k * k0 + e["images"])],
               plan["resolution"]) for k, e in enumerate(plan["chunks"]) if k not in done]
     done = dict(done)
     # fork before any thread exists (tqdm's monitor): the workers need only this module, no re-import
-    pool = multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) if workers > 1 and len(tasks) > 1 \
-        else None
+    pool = multiprocessing.get_context("fork").Pool(min(workers, len(tasks)), _forget_lock, (lock_fd,)) \
+        if workers > 1 and len(tasks) > 1 else None
     bar = tqdm(total=n, initial=len(done), unit="chunk", desc=f"prepare {plan['dataset']}-{plan['resolution']}",
                disable=not progress)
     try:
@@ -205,7 +212,7 @@ def prepare(dataset: str, data, resolution: int, out, split: str = "train", work
     listing = source_listing(ds)
     plan = make_plan(ds, dataset, split, resolution, chunk_images or default_chunk_images(resolution), listing)
     out = Path(out)
-    with RunLock(out, "hdit data prepare"):
+    with RunLock(out, "hdit data prepare") as lock:
         io.remove_stale_temporaries(out)
         old = _previous(out)
         changes = _changes(old, plan, out, listing) if old is not None else []
@@ -218,7 +225,7 @@ def prepare(dataset: str, data, resolution: int, out, split: str = "train", work
             return old
         write_record(out / PLAN, plan)
         io.write_text(out / FILES, listing)
-        done = _compute(ds, plan, out, _existing(out, plan, workers), workers, progress)
+        done = _compute(ds, plan, out, _existing(out, plan, workers), workers, progress, lock.fd)
         return _finish(ds, plan, out, [done[k] for k in range(len(plan["chunks"]))], workers,
                        time.perf_counter() - start)
 

@@ -47,8 +47,10 @@ def source_listing(dataset) -> str:
     """files.tsv of a folder dataset: `relpath \\t size \\t mtime_ns \\t label` per image, in dataset order."""
     lines = []
     for path, label in dataset.files:
-        st = path.stat()
-        lines.append(f"{path.relative_to(dataset.root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\t{label}\n")
+        st, rel = path.stat(), path.relative_to(dataset.root).as_posix()
+        if "\t" in rel or "\n" in rel:
+            raise DataError(f"{path}: a tab or newline in the file name; expected plain names (rename it)")
+        lines.append(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\t{label}\n")
     return "".join(lines)
 
 
