@@ -456,7 +456,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--steps", type=int, default=None, help="total training steps (default: the profile's)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--data", default=None, help="dataset folder (imagenet/ffhq); not needed for shapes")
+    p.add_argument("--data", default=None, help="dataset folder (imagenet/ffhq), or its split prepared by `hdit data "
+                                                "prepare`; not needed for shapes")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default: the config's, 0)")
     p.add_argument("--checkpoint-every", type=int, default=None,

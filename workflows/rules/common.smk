@@ -199,9 +199,8 @@ def dataset_input(data_of):
     dataset, the prepared split's manifest (so `prepare_dataset` runs first). `data_of(wildcards)` -> DataConfig."""
     def inputs(wildcards):
         d = data_of(wildcards)
-        path = checked_dataset_path(d.name)
-        return [os.path.join(training_data(d.name, d.resolution), "manifest.json")] if path and is_prepared(d.name) \
-            else []
+        path, prepared = checked_dataset_path(d.name), is_prepared(d.name)
+        return [os.path.join(training_data(d.name, d.resolution), "manifest.json")] if path and prepared else []
     return inputs
 
 
