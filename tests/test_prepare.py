@@ -194,7 +194,8 @@ def test_damaged_chunk_is_refused_by_name_and_repaired(source, prepared, tmp_pat
     (out / "chunk-00004.npy").write_bytes(b"short")
     with pytest.raises(DamagedFileError, match=r"chunk-00004.npy has 5 bytes"):
         PreparedDataset(out)
-    with pytest.warns(UserWarning, match="2 chunk\\(s\\) do not verify"):
+    (out / "labels.npy").write_bytes(b"")
+    with pytest.warns(UserWarning, match="3 file\\(s\\) do not verify"):
         prepare("imagenet", source, RES, out, chunk_images=5, workers=1, progress=False)
     assert _chunks(out) == _chunks(prepared) and cli(export) == 0
 

@@ -190,10 +190,13 @@ def _up_to_date(out: Path, manifest: dict) -> bool:
     """A finished folder of the same settings and source: True if every chunk verifies; else the bad ones
     are deleted (named in a warning) so that they are computed again."""
     bad = verify_chunks(out, manifest)
-    if not bad:
+    side = [(name, "differs from manifest.json") for name, digest in
+            ((LABELS, manifest["labels"]["sha256"]), (FILES, manifest["source"]["files_sha256"]))
+            if not (out / name).is_file() or io.file_sha256(out / name) != digest]
+    if not bad and not side:
         return True
-    warnings.warn(f"{out}: {len(bad)} chunk(s) do not verify and are prepared again: "
-                  + "; ".join(f"{f} {p}" for f, p in bad[:3]), stacklevel=3)
+    warnings.warn(f"{out}: {len(bad + side)} file(s) do not verify and are prepared again: "
+                  + "; ".join(f"{f} {p}" for f, p in (bad + side)[:3]), stacklevel=3)
     for f, _ in bad:
         (out / f).unlink(missing_ok=True)
         io.checksum_path(out / f).unlink(missing_ok=True)

@@ -164,7 +164,8 @@ class PreparedDataset(UInt8Dataset):
             return
         now = source_listing(ImageFolderDataset(src["path"], self.resolution, bool(self.classes)))
         if listing_sha256(now) != src["files_sha256"]:
-            change = describe_change((self.root / FILES).read_text(), now)
+            before = (self.root / FILES).read_text() if (self.root / FILES).is_file() else ""
+            change = describe_change(before, now)
             raise SourceChangedError(
                 f"{self.root} was prepared from {src['path']}, which has changed since ({change}); prepare it "
                 "again (`hdit data prepare ... --replace`; Snakemake: delete "
