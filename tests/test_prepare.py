@@ -200,7 +200,7 @@ def test_damaged_chunk_is_refused_by_name_and_repaired(source, prepared, tmp_pat
     assert _chunks(out) == _chunks(prepared) and cli(export) == 0
 
 
-def test_changed_source_is_refused_then_replaced(source, prepared, tmp_path, capsys):
+def test_changed_source_is_refused_then_replaced(source, prepared, tmp_path, capsys, monkeypatch):
     src, out = tmp_path / "src", tmp_path / "prep"
     shutil.copytree(source, src)
     args = ["data", "prepare", "--dataset", "imagenet", "--data", str(src), "--resolution", str(RES), "--out",
@@ -218,6 +218,11 @@ def test_changed_source_is_refused_then_replaced(source, prepared, tmp_path, cap
     assert len(ds) == 25 and np.array_equal(ds.get_uint8([12])[0][0], load_image(src / "n00000001" / "new.png", RES))
     assert cli([*args[:7], "16", *args[8:]]) == 2  # another resolution into the same folder
     assert "resolution: 32 -> 16" in capsys.readouterr().err
+    import hdit.data.prepare as P  # another Pillow (or crop code) would resample differently: never mixed
+
+    current = P.preprocessing()
+    monkeypatch.setattr(P, "preprocessing", lambda: {**current, "pillow": "0.1"})
+    assert cli(args) == 2 and f"preprocessing.pillow: '{current['pillow']}' -> '0.1'" in capsys.readouterr().err
 
 
 def test_prepared_split_must_match_what_is_asked(source, prepared, tmp_path):

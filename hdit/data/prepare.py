@@ -97,7 +97,8 @@ def _changes(old: dict, new: dict, out: Path, listing: str) -> list[str]:
     for k in SETTINGS:
         a, b = old.get(k), new[k]
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{k}.{s}: {a.get(s)!r} -> {b.get(s)!r}" for s in sorted(a.keys() | b.keys()) if a.get(s) != b.get(s)]
+            diffs += [f"{k}.{s}: {a.get(s)!r} -> {b.get(s)!r}" for s in sorted(a.keys() | b.keys())
+                      if a.get(s) != b.get(s)]
         elif a != b:
             diffs.append(f"{k}: {a!r} -> {b!r}")
     src_a, src_b = old.get("source", {}), new["source"]
