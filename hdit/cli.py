@@ -17,9 +17,10 @@ COMMANDS = {
     "classify": ("hdit.metrics.classify", "class accuracy of conditional samples on the embedded shapes data "
                  "(a small CNN trained once, cached)"),
     "refstats": ("hdit.metrics.reference", "FID reference statistics of a training split (ADM protocol); resumable"),
-    "data": ("hdit.data.cli", "export dataset images (e.g. the embedded dataset) as .npz shards"),
+    "data": ("hdit.data.cli", "prepare a training split once (ADM crop); export images as .npz shards; synth folders"),
     "report": ("hdit.report.cli", "render tables and figures into results/"),
     "bench": ("hdit.bench", "GPU/CPU throughput, latency and memory benchmarks"),
+    "bench-loader": ("hdit.data.loaderbench", "training-input img/s per core: raw image folders vs prepared splits"),
 }
 
 

@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from hdit import io, rundir
 from hdit.configs import RunConfig
+from hdit.data.base import to_model_input
 from hdit.errors import EXIT_STOPPED, HarnessError, error_text
 from hdit.integrity import write_record
 from hdit.provenance import provenance
@@ -462,8 +463,8 @@ def _loop(s: Session, state: TrainStep, stream, start: tuple[int, float], log_ev
             agreement = _StopAgreement(s.world_size, signals, s.time_budget, s.started)
             state.raw.train()
             while step < total:
-                x, labels = next(stream)
-                x, labels = x.to(s.device, non_blocking=True), labels.to(s.device, non_blocking=True)
+                x, labels = next(stream)  # uint8 NHWC, pinned on CUDA: converted to [-1, 1] NCHW on the device
+                x, labels = to_model_input(x.to(s.device, non_blocking=True)), labels.to(s.device, non_blocking=True)
                 losses.pending.append(state(x, labels, step))
                 lr, step = state.lr(step), step + 1
                 pbar.update(1)
@@ -520,7 +521,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--steps", type=int, default=None, help="total training steps (default: the profile's)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--data", default=None, help="dataset folder (imagenet/ffhq); not needed for shapes")
+    p.add_argument("--data", default=None, help="dataset folder (imagenet/ffhq), or its split prepared by `hdit data "
+                                                "prepare`; not needed for shapes")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default: the config's, 0)")
     p.add_argument("--checkpoint-every", type=int, default=None,

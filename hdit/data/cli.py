@@ -1,4 +1,7 @@
-"""`hdit data export`: write dataset images as .npz shards in the sample format (a reference image set).
+"""`hdit data export | prepare | synth`. `prepare` (the training split preprocessed once for training and FID
+statistics) is `hdit.data.prepare`; `synth` (generated stand-in folders) is `hdit.data.synth`.
+
+`hdit data export`: write dataset images as .npz shards in the sample format (a reference image set).
 
     hdit data export --dataset imagenet --data /data/imagenet/train --resolution 128 --n 10000 --out DIR
 
@@ -42,6 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset selection")
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--out", required=True)
+    q = sub.add_parser("prepare", help="the training split at the model's resolution, preprocessed once (ADM crop) "
+                                       "for `hdit train` / `hdit refstats --data DIR`; resumable")
+    q.add_argument("--dataset", required=True, help="imagenet | ffhq")
+    q.add_argument("--data", required=True, help="the dataset folder (imagenet: class sub-folders; ffhq: images)")
+    q.add_argument("--resolution", type=int, required=True, help="the model's resolution")
+    q.add_argument("--split", default="train")
+    q.add_argument("--out", required=True, help="the prepared folder to write (or finish, or verify)")
+    q.add_argument("--workers", type=int, default=None, help="processes (default: the cores this job may use)")
+    q.add_argument("--chunk-images", type=int, default=None, help="images per chunk (default: ~256 MiB of pixels)")
+    q.add_argument("--replace", action="store_true",
+                   help="--out holds a preparation of other settings or a changed source: delete it, prepare again")
+    q.add_argument("--quiet", action="store_true")
     s = sub.add_parser("synth", help="write generated ImageNet-/FFHQ-layout folders (offline paper-smoke runs)")
     s.add_argument("--layout", required=True, choices=("imagenet", "ffhq"))
     s.add_argument("--classes", type=int, default=1000, help="imagenet: class folders")
@@ -105,6 +120,14 @@ def main(args) -> int:
             from hdit.data import synth
 
             return synth.main(args)
+        if args.action == "prepare":
+            from hdit.data.prepare import prepare
+
+            m = prepare(args.dataset, args.data, args.resolution, args.out, args.split, args.workers,
+                        args.chunk_images, args.replace, progress=not args.quiet)
+            print(f"{args.out}: {m['images']} images of {m['dataset']} at {m['resolution']} px in "
+                  f"{len(m['chunks'])} chunks ({m['bytes'] / 2 ** 30:.2f} GiB)")
+            return 0
         export(args.dataset, args.resolution, args.n, args.out, args.split, args.data, args.seed, args.shard_size)
     except (DataError, ValueError) as e:
         print(f"error: {error_text(e)}", file=sys.stderr)

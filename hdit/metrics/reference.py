@@ -5,7 +5,8 @@
 
 ADM compares samples against Inception statistics over the WHOLE training set, preprocessed exactly as
 for training (ImageNet: ADM centre crop at the model's resolution; FFHQ: all 70k images). So the images
-are streamed from the dataset itself (`hdit.data`), in batches, through the Inception network on the
+are streamed from the dataset itself (`hdit.data`: the image folder, or the same pixels from the split
+`hdit data prepare` made, which shares the folder's cache key), in batches, through the Inception network on the
 feature device, and only the moments (mu, the covariance) and a KID pool are kept: no exported copy of
 1.28M images. `n` asks for a subset instead: seeded and class-stratified (`hdit.data.subset`), recorded.
 
@@ -241,7 +242,8 @@ def load_stats(path, fix: str = REFSTATS_FIX) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="shapes | imagenet | ffhq")
-    p.add_argument("--data", default=None, help="dataset folder (imagenet: class sub-folders; ffhq: images)")
+    p.add_argument("--data", default=None, help="dataset folder (imagenet: class sub-folders; ffhq: images), or "
+                                                "its split prepared at --resolution by `hdit data prepare`")
     p.add_argument("--resolution", type=int, required=True, help="crop resolution (the model's)")
     p.add_argument("--split", default="train")
     p.add_argument("--n", type=int, default=None,

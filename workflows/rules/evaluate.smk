@@ -6,7 +6,7 @@
 
 rule reference_stats:
     input:
-        dataset=dataset_check(lambda wc: wc.dataset),
+        dataset=dataset_input(lambda wc: DataConfig(wc.dataset, int(wc.resolution))),
     output:
         REF_STATS,
     params:

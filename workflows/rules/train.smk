@@ -10,7 +10,7 @@ for _run, _k in config.get("train_grad_accum", {}).items():
 
 rule train:
     input:
-        dataset=dataset_check(lambda wc: resolved(wc.run).data.name),
+        dataset=dataset_input(lambda wc: resolved(wc.run).data),
     output:
         f"{RUN_DIR}/done.json",
     params:
