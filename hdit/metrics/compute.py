@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hdit.devices import resolve_device
 from hdit.integrity import read_record
-from hdit.metrics.features import default_device, iter_features, open_images
+from hdit.metrics.features import iter_features, open_images
 from hdit.metrics.images import MetricsError
 from hdit.metrics.inception import FEATURE_DIM, ExtractorError, InceptionNet, load_inception
 from hdit.metrics.reference import load_stats
@@ -132,11 +133,11 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
     samples_dir = Path(samples_dir)
     if ref_dir is None and not inception_score:
         raise MetricsError("nothing to compute: give a reference directory (FID/KID) and/or inception_score=True")
+    device = str(resolve_device(device))
     all_images = open_images(samples_dir, mode)
     held, shape = len(all_images), all_images.shape
     images = _scored_images(all_images, samples_dir, n, first)
     count = len(images)
-    device = str(device or default_device())
     net = net or load_inception(device)
     is_unavailable = _is_unavailable(net, inception_score)
     inception_score = inception_score and is_unavailable is None
