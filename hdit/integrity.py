@@ -211,8 +211,8 @@ def check_set(directory, shards: list[Path]) -> dict:
     path = directory / SET_RECORD
     if not path.is_file():
         partial = [n for n in PARTIAL_RECORDS if (directory / n).is_file()]
-        why = f"its writer stopped before the end ({partial[0]} holds its settings)" if partial else "no record"
-        raise DamagedFileError(f"{directory}: {len(shards)} shard(s) but no meta.json, so not a complete set ({why}); "
+        why = f": its writer stopped before the end, {partial[0]} holds its settings" if partial else ""
+        raise DamagedFileError(f"{directory}: {len(shards)} shard(s) but no meta.json, so not a complete set{why}; "
                                f"{set_fix(directory)}")
     record = read_record(path, f"delete it and {set_fix(directory)} (the shards are checked and kept)")
     recorded = record.get("shards")
