@@ -458,7 +458,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="total training steps (default: the profile's)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--data", default=None, help="dataset folder (imagenet/ffhq); not needed for shapes")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available; under torchrun each rank uses cuda:LOCAL_RANK)")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N (default: cuda if available; under torchrun each rank uses cuda:LOCAL_RANK)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default: the config's, 0)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints (default: steps/10, at most 10000)")

@@ -9,6 +9,7 @@ import glob
 import itertools
 import os
 import re
+import shlex
 
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
@@ -196,8 +197,8 @@ def scored_classacc(s: Scored):
 
 
 def pairs(mapping):
-    """`KEY=PATH ...` for `hdit report`."""
-    return " ".join(f"{k}={v}" for k, v in mapping.items())
+    """`KEY=PATH ...` for `hdit report`, each shell-quoted (a path may hold spaces)."""
+    return " ".join(shlex.quote(f"{k}={v}") for k, v in mapping.items())
 
 
 def fig9_metrics():
@@ -236,7 +237,7 @@ def reference_source(wildcards):
     """`--data PATH [--n N]`: the training split (ADM: all of it) or the configured / profile's subset size."""
     path = checked_dataset_path(wildcards.dataset)
     n = dataset_setting(wildcards.dataset, "reference_n") or PROFILE.reference_n
-    return " ".join(([f"--data {path}"] if path else []) + ([f"--n {n}"] if n else []))
+    return " ".join(([f"--data {shlex.quote(path)}"] if path else []) + ([f"--n {n}"] if n else []))
 
 
 def reference_stats_of(wildcards):
@@ -246,7 +247,7 @@ def reference_stats_of(wildcards):
 
 def data_path(wildcards):
     path = checked_dataset_path(resolved(wildcards.run).data.name)
-    return f"--data {path}" if path else ""
+    return f"--data {shlex.quote(path)}" if path else ""
 
 
 def samples_of(wildcards):
@@ -303,7 +304,7 @@ def data_option_of(spec):
     """`--data PATH` of the grid's reference dataset (none for the embedded shapes), checked at DAG build."""
     def option(wildcards):
         path = checked_dataset_path(resolved(_grid_config(spec)).data.name)
-        return f"--data {path}" if path else ""
+        return f"--data {shlex.quote(path)}" if path else ""
     return option
 
 
