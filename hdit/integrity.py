@@ -177,7 +177,8 @@ def shard_entry(path: Path) -> dict:
 
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {"n": int(z["labels"].shape[0]), "sha256": str(z[NPZ_CHECKSUM_KEY])}
+            digest = str(z[NPZ_CHECKSUM_KEY]) if NPZ_CHECKSUM_KEY in z.files else None  # None: never matches
+            return {"n": int(z["labels"].shape[0]), "sha256": digest}
     except (*NPZ_ERRORS, AttributeError) as e:
         raise damaged(path, f"not a readable shard ({type(e).__name__}: {_first_sentence(e)})",
                       "delete it and rerun the command that wrote the set: it writes the missing shards") from None

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from hdit.integrity import DamagedFileError, check_set, load_npz, load_torch
-from hdit.io import torch_save, write_json
+from hdit.io import WriteError, check_writable, torch_save, write_json
 from hdit.metrics.images import list_shards, shard_fix
 from hdit.provenance import provenance
 
@@ -300,6 +300,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        check_writable(args.out)  # before the work
         if args.resolution is not None and args.resolution < 4:
             raise ClassifyError(f"--resolution {args.resolution}; expected an integer >= 4")
         cfg = ClassifierConfig(resolution=args.resolution) if args.resolution else None
@@ -313,9 +314,14 @@ def main(args: argparse.Namespace) -> int:
             line = (f"class accuracy {result['accuracy']:.4f} [{lo:.3f}, {hi:.3f}] on {result['n']} samples "
                     f"(chance {result['chance']:.2f}; classifier test accuracy "
                     f"{result['classifier']['test_accuracy']:.4f})")
-    except ClassifyError as e:
+    except (ClassifyError, WriteError) as e:
         print(f"hdit classify: error: {e}", file=sys.stderr)
         return 2
-    write_json(args.out, result)
+    try:
+        write_json(args.out, result)
+    except WriteError as e:  # the finished result is not lost: it goes to stdout
+        print(json.dumps(result, indent=2, default=str))
+        print(f"hdit classify: error: {e}. The result is printed above (stdout) as JSON", file=sys.stderr)
+        return 2
     print(line)
     return 0
