@@ -426,3 +426,41 @@ def test_16_bit_rgb_png_is_refused_for_training_and_fid(tmp_path):
         load_image(png, 32)
     with pytest.raises(MetricsError, match="deep.png: 16 bits per channel"):
         ImageSet(tmp_path / "fid")
+
+
+# ----------------------------------------------------------------------------- paths with spaces in the workflow
+
+def test_workflow_quotes_every_path_it_puts_into_a_shell_command(tmp_path):
+    """A results folder and a dataset folder whose names hold a space and a non-ASCII character: a real job
+    (reference statistics of an ImageNet-layout folder, with the real Inception network) runs, and every command
+    of `all` splits into whole paths."""
+    import yaml
+
+    root = tmp_path / "wf dir"
+    results, data = root / "résultats 1", root / "dätä sets" / "train"
+    assert cli(["data", "synth", "--layout", "imagenet", "--classes", "2", "--per-class", "2", "--size", "24x20",
+                "--out", str(data)]) == 0
+    cfg = yaml.safe_load((TESTS.parent / "workflows/config/default.yaml").read_text())
+    cfg.update(results=str(results), datasets={**cfg["datasets"], "imagenet": {"path": str(data), "reference_n": 4}})
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    target = results / "refs/default/imagenet-16.fid-stats.npz"
+
+    def snakemake(*args):
+        return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(TESTS.parent / "Snakefile"), "--directory",
+                               str(root), *args, "--configfile", str(root / "config.yaml")], cwd=root, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+
+    r = snakemake("-n", "-p", "all", str(target))
+    assert r.returncode == 0, r.stderr
+    commands = [line.split("Shell command: ", 1)[1] for line in r.stdout.splitlines() if "Shell command: " in line]
+    assert len(commands) > 50
+    for command in commands:
+        words = shlex.split(command)
+        assert not [w for w in words if w.endswith(("résultats", "dätä"))], command  # no path split at its space
+    assert any(f"--data {shlex.quote(str(data))}" in c for c in commands)
+    r = snakemake("--cores", "1", str(target))
+    assert r.returncode == 0, r.stderr
+    from hdit.metrics.reference import load_stats
+
+    assert load_stats(target)["n"] == 4 and (results / "logs/default/fid/reference-imagenet-16.log").is_file()
+    assert not [p for p in root.iterdir() if p.name not in ("résultats 1", "dätä sets", "config.yaml", ".snakemake")]
