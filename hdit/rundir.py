@@ -8,6 +8,11 @@ loads a quarter of the bytes (2.4 GB instead of 9.6 GB for ImageNet-256's 598M-p
 The checkpoint carries its own RunConfig (seed included) and profile. Two writers of one run directory (now
 prevented by `hdit.runlock`), or a file copied from another run, could leave config.json describing one run
 and the weights another; resume and sampling refuse such a pair, naming both values.
+
+Guards and repairs `hdit train` calls (issue 25): weights are checkpointed only when finite (model and EMA), so
+the checkpoint a diverged run leaves is the last finite one; a run is never resumed to fewer steps than its
+checkpoint holds; a finished run whose config.json or ema.pt was removed or damaged gets them back from its
+intact checkpoint on `hdit train --resume`, which is what the error messages advise.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@
   (name, count, checksum: `hdit.integrity.write_set_record`; readers take exactly those shards or refuse the
   set). While shards are being written the same settings sit in `.sampling.json`; resuming with different
   settings is refused. Every shard stores the step and sha256 of the weights that drew it: shards of weights the
-  run has since replaced (an extended run) are refused, never relabelled.
+  run has since replaced (an extended run) are moved aside, unchanged, into a hidden `.superseded-step<S>/`
+  (with a warning) and the set is drawn afresh: never relabelled, never deleted.
 - Faults: the request (n, steps, cfg scale, seed, batch size) is checked before any model is built; the run's
   config.json and checkpoint are verified (`hdit.rundir`) and must describe the same run; one process writes
   OUT at a time (`hdit.runlock`), removing a killed one's temporaries. Every batch is checked: a non-finite
@@ -27,8 +28,8 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
-import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -230,29 +231,41 @@ RESUME_KEYS = ("run", "config_id", "n", "seed", "sampler", "steps", "cfg_scale",
 WEIGHTS_KEYS = ("checkpoint_step", "weights_sha256")  # stored in every shard: the weights that drew it
 
 
-def _check_shards(out: Path, meta: dict) -> None:
-    """Every existing shard must have been drawn from the weights sampled now (its own record of them), whatever
-    the JSON records beside it say: a set whose run has moved on is never relabelled."""
-    for path in sorted(out.glob("shard-*.npz")):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                drawn = {key: z[key].item() for key in WEIGHTS_KEYS if key in z.files}
-        except NPZ_ERRORS as e:
-            raise damaged(path, f"not a readable shard ({type(e).__name__})", "delete it: it is drawn again") from None
-        now = {key: meta[key] for key in WEIGHTS_KEYS}
-        if drawn != now:
-            was = f"step {drawn['checkpoint_step']}" if "checkpoint_step" in drawn else "weights it does not record"
-            raise SampleError(f"{path} was drawn from {was} of the run (weights sha256 "
-                              f"{str(drawn.get('weights_sha256', '?'))[:12]}), but {meta['run']} is now at step "
-                              f"{meta['checkpoint_step']} ({meta['weights_sha256'][:12]}): its samples would be "
-                              f"relabelled. Keep them under another name (`mv {shlex.quote(str(out))} "
-                              f"{shlex.quote(str(out) + '-step' + str(drawn.get('checkpoint_step', 'old')))}`) or "
-                              f"delete {out}, then sample again")
+def _drawn_by(path: Path) -> dict:
+    """The weights a shard records it was drawn from ({} for a shard written before shards recorded them)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key].item() for key in WEIGHTS_KEYS if key in z.files}
+    except NPZ_ERRORS as e:
+        raise damaged(path, f"not a readable shard ({type(e).__name__})", "delete it: it is drawn again") from None
+
+
+def _set_aside_stale(out: Path, meta: dict) -> None:
+    """Shards drawn from other weights than those sampled now (the run has moved on: an extended run), and the
+    records describing them, are moved into `OUT/.superseded-step<S>[-k]/` (hidden: no reader takes them), with a
+    warning; the set is then drawn afresh. Never relabelled, never deleted."""
+    now = {key: meta[key] for key in WEIGHTS_KEYS}
+    stale = [p for p in sorted(out.glob("shard-*.npz")) if _drawn_by(p) != now]
+    fix = f"delete it, or move it with the shards beside it out of {out}"
+    stale += [out / n for n in (PARTIAL, "meta.json") if (out / n).exists()
+              and read_record(out / n, fix).get("checkpoint_step") != meta["checkpoint_step"]]
+    if not stale:
+        return
+    steps = sorted({str(_drawn_by(p).get("checkpoint_step", "unknown")) for p in stale if p.suffix == ".npz"})
+    base = dest = out / f".superseded-step{'+'.join(steps) or 'unknown'}"
+    while dest.exists():  # an earlier set aside at the same step
+        dest = base.with_name(f"{base.name}-{int(dest.name.rsplit('-', 1)[-1]) + 1 if dest != base else 2}")
+    dest.mkdir()
+    for path in stale:
+        path.rename(dest / path.name)
+    warnings.warn(f"{out}: {len(stale)} file(s) drawn from other weights of the run (step {', '.join(steps)}; "
+                  f"it is now at step {meta['checkpoint_step']}) were moved, unchanged, to {dest} and are sampled "
+                  "afresh: samples are never relabelled", stacklevel=3)
 
 
 def _check_resume(out: Path, meta: dict) -> None:
     """Existing shards in `out` may only be reused by a job with the same settings and weights."""
-    _check_shards(out, meta)
+    _set_aside_stale(out, meta)
     for name in (PARTIAL, "meta.json"):
         if (out / name).exists():
             old = read_record(out / name, "the settings of the shards beside it cannot be read back: delete it to "

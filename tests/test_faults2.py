@@ -147,15 +147,15 @@ def test_samples_of_an_extended_run_are_never_relabelled(run, tmp_path, capsys, 
     err = err_of(capsys)
     assert "meta.json: not a readable JSON record" in err and "delete it and rerun the `hdit sample`" in err
     (out / "meta.json").unlink()  # follow the advice: delete it and rerun the sampler
-    assert sample_cli(run, out) == 2
-    err = err_of(capsys)
-    assert f"{out / 'shard-00000.npz'} was drawn from step 2 of the run" in err and "now at step 4" in err
-    assert "would be relabelled" in err and not (out / "meta.json").exists()
-    move = re.search(r"`(mv [^`]+)`", err)[1]  # follow that advice too: keep them under another name
-    subprocess.run(move, shell=True, check=True)
-    assert sample_cli(run, out) == 0 and read_record(out / "meta.json", "")["checkpoint_step"] == 4
-    kept = Path(f"{out}-step2")
-    assert shards(kept) == shards(out) and int(load_npz(kept / "shard-00000.npz")["checkpoint_step"]) == 2
+    old = {n: (out / n).read_bytes() for n in shards(out)}
+    with pytest.warns(UserWarning, match=r"2 file\(s\) drawn from other weights of the run \(step 2; it is now at "
+                                         r"step 4\) were moved, unchanged, to .*\.superseded-step2"):
+        assert sample_cli(run, out) == 0
+    assert read_record(out / "meta.json", "")["checkpoint_step"] == 4  # sampled afresh, never relabelled
+    assert {int(load_npz(out / n)["checkpoint_step"]) for n in shards(out)} == {4}
+    kept = out / ".superseded-step2"
+    assert {n: (kept / n).read_bytes() for n in shards(kept)} == old  # the step-2 samples are kept, unchanged
+    assert cli(fid(out, ref, tmp_path / "c")) == 0  # and the hidden folder is no part of the set
 
 
 # ----------------------------------------------------------------------------- finite checkpoints

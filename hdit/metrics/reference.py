@@ -19,6 +19,9 @@ feature device, and only the moments (mu, the covariance) and a KID pool are kep
 - Integrity: one process computes a key at a time (`hdit.runlock`, lock `.<key>.lock`), removing the
   temporaries a killed one left; a damaged cache entry or partial file (unreadable, or not matching the
   checksum stored in it) is recomputed with a warning. A damaged `--ref` statistics file is an error naming it.
+- Output: `--out X.npz` and its JSON record `X.json` (so --out must end in .npz: the record never replaces the
+  statistics), both checked for writability before any work. If --out cannot be written the statistics stay in
+  the cache entry (the same command then copies them in seconds); if the cache cannot be written, --out is.
 """
 from __future__ import annotations
 
