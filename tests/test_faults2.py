@@ -457,6 +457,7 @@ def test_workflow_quotes_every_path_it_puts_into_a_shell_command(tmp_path):
     for command in commands:
         words = shlex.split(command)
         assert not [w for w in words if w.endswith(("résultats", "dätä"))], command  # no path split at its space
+        assert not [w for w in words if w.count(str(root)) > 1], command  # nor two paths quoted as one word
     assert any(f"--data {shlex.quote(str(data))}" in c for c in commands)
     r = snakemake("--cores", "1", str(target))
     assert r.returncode == 0, r.stderr

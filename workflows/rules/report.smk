@@ -59,7 +59,7 @@ for _spec in TABLE_SPECS.values():
         conda:
             "../envs/hdit.yaml"
         shell:
-            "hdit report grid {params.number} --profile {params.profile} --samples {params.samples:q} {params.data} "
+            "hdit report grid {params.number} --profile {params.profile} --samples {params.samples} {params.data} "
             "--out {output:q} > {log:q} 2>&1"
 
     rule:
