@@ -18,7 +18,8 @@
   just before each checkpoint), config.json, log.csv, done.json.
 - Non-finite loss: losses are read at log/checkpoint boundaries (one host sync per interval); the first
   non-finite one stops the run with an error naming its step, before the next checkpoint, so the last good
-  checkpoint stays in place.
+  checkpoint stays in place. Weights are checked too before each checkpoint (`rundir.check_finite_weights`):
+  non-finite model or EMA weights are never saved, so that last checkpoint is also the last finite one.
 - Faults: one trainer per run dir (`hdit.runlock`; a second one exits naming the holder), temporaries of a
   killed write removed on start; config.json / done.json / the checkpoint are verified when read back, and the
   checkpoint's own config, seed and profile must equal config.json's (`hdit.rundir`).
