@@ -10,8 +10,12 @@
   is the same wherever a killed job resumed. Each shard is one batch, written atomically as
   `shard-%05d.npz` (uint8 NHWC `images`, int64 `labels`); existing shards are skipped.
 - meta.json (written last: it marks a complete set) records the run, config, profile, n, seed, sampler,
-  steps, cfg_scale, batch size and provenance. While shards are being written the same settings sit in
-  `.sampling.json`; resuming with different settings is refused.
+  steps, cfg_scale, batch size, the weights (checkpoint step, file and sha256), provenance and every shard
+  (name, count, checksum: `hdit.integrity.write_set_record`; readers take exactly those shards or refuse the
+  set). While shards are being written the same settings sit in `.sampling.json`; resuming with different
+  settings is refused. Every shard stores the step and sha256 of the weights that drew it: shards of weights the
+  run has since replaced (an extended run) are moved aside, unchanged, into a hidden `.superseded-step<S>/`
+  (with a warning) and the set is drawn afresh: never relabelled, never deleted.
 - Faults: the request (n, steps, cfg scale, seed, batch size) is checked before any model is built; the run's
   config.json and checkpoint are verified (`hdit.rundir`) and must describe the same run; one process writes
   OUT at a time (`hdit.runlock`), removing a killed one's temporaries. Every batch is checked: a non-finite
@@ -25,6 +29,7 @@ import argparse
 import math
 import numbers
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +38,9 @@ from tqdm.auto import tqdm
 
 from hdit import io, rundir
 from hdit.configs import ConfigError, RunConfig
+from hdit.devices import resolve_device
 from hdit.errors import HarnessError, error_text
-from hdit.integrity import damaged, read_record, write_record
+from hdit.integrity import NPZ_ERRORS, damaged, read_record, write_record, write_set_record
 from hdit.provenance import provenance
 from hdit.step import autocast_args
 from hdit.runlock import RunLock
@@ -54,9 +60,12 @@ class DivergedSamplesError(SampleError):
 def read_run(run_dir) -> tuple[RunConfig, dict]:
     """(RunConfig, config.json record) of a trained run directory, checked; builds no model."""
     run_dir = Path(run_dir)
-    if not (run_dir / rundir.CONFIG).is_file() or rundir.sampling_weights(run_dir) is None:
+    if rundir.sampling_weights(run_dir) is None:
         raise SampleError(f"{str(run_dir)!r} is not a trained run (needs config.json and ema.pt; "
                           "run `hdit train` first)")
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise SampleError(f"{run_dir / rundir.CONFIG} is missing beside the run's weights; "
+                          + rundir.config_fix(run_dir).replace("remove the damaged file and ", ""))
     record = rundir.read_config(run_dir)
     try:
         return RunConfig.from_dict(record["config"]), record
@@ -71,11 +80,11 @@ def load_run(run_dir, device="cpu") -> tuple[RunConfig, dict, torch.nn.Module]:
     from hdit.backbones import build_model
 
     run, record = read_run(run_dir)
-    weights, ckpt = rundir.load_sampling_weights(run_dir, mmap=True)
+    weights, ckpt, digest = rundir.load_sampling_weights(run_dir, mmap=True)
     rundir.check_checkpoint(ckpt, record["config"], record["profile"], run_dir, file=weights)
     model = build_model(run.model)
     model.load_state_dict(ckpt["ema"])
-    record["checkpoint_step"] = int(ckpt["step"])
+    record.update(checkpoint_step=int(ckpt["step"]), weights_file=weights, weights_sha256=digest)
     return run, record, model.to(device).eval().requires_grad_(False)
 
 
@@ -179,9 +188,7 @@ def sample_run(run_dir, out, n: int, steps: int | None = None, cfg_scale: float 
                batch_size: int = 64, device=None, progress: bool = True) -> dict:
     """Fill `out` with ceil(n / batch_size) shards (skipping existing ones); returns meta.json's record."""
     check_request(n, steps, cfg_scale, seed, batch_size)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SampleError("--device cuda was requested but torch sees no CUDA device")
+    device = resolve_device(device)
     run, _ = read_run(run_dir)
     steps = run.sample.steps if steps is None else steps
     cfg_scale = run.sample.cfg_scale if cfg_scale is None else cfg_scale
@@ -202,11 +209,10 @@ def sample_run(run_dir, out, n: int, steps: int | None = None, cfg_scale: float 
             check_batch(x, peak.take(), f"run {run_dir} (checkpoint step {record['checkpoint_step']}), shard {k} "
                                         f"({out / f'shard-{k:05d}.npz'}, seed {seed}, cfg scale {cfg_scale})")
             labels = np.full(count, -1, np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
-            io.save_npz(out / f"shard-{k:05d}.npz", images=to_uint8(x), labels=labels)
+            io.save_npz(out / f"shard-{k:05d}.npz", images=to_uint8(x), labels=labels,
+                        **{key: np.array(meta[key]) for key in WEIGHTS_KEYS})
         meta.update(num_shards=num_shards, provenance=provenance(device))
-        write_record(out / "meta.json", meta)  # marks a complete set
-        (out / PARTIAL).unlink(missing_ok=True)
-    return meta
+        return write_set_record(out, meta, num_shards)  # written last: marks a complete set
 
 
 def _meta(run: RunConfig, record: dict, run_dir, n, seed, steps, cfg_scale, batch_size) -> dict:
@@ -215,16 +221,51 @@ def _meta(run: RunConfig, record: dict, run_dir, n, seed, steps, cfg_scale, batc
             "sampler": run.sample.sampler, "steps": steps, "cfg_scale": cfg_scale, "batch_size": batch_size,
             "eta": run.sample.eta if edm else None, "rho": run.sample.rho if edm else None,
             "sigma_range": [run.train.sigma_min, run.train.sigma_max] if edm else None,
-            "weights": "ema", "checkpoint_step": record["checkpoint_step"], "resolution": run.data.resolution,
+            "weights": "ema", "checkpoint_step": record["checkpoint_step"], "weights_file": record["weights_file"],
+            "weights_sha256": record["weights_sha256"], "resolution": run.data.resolution,
             "num_classes": run.model.num_classes, "config": record["config"]}
 
 
 PARTIAL = ".sampling.json"
 RESUME_KEYS = ("run", "config_id", "n", "seed", "sampler", "steps", "cfg_scale", "batch_size", "checkpoint_step")
+WEIGHTS_KEYS = ("checkpoint_step", "weights_sha256")  # stored in every shard: the weights that drew it
+
+
+def _drawn_by(path: Path) -> dict:
+    """The weights a shard records it was drawn from ({} for a shard written before shards recorded them)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key].item() for key in WEIGHTS_KEYS if key in z.files}
+    except NPZ_ERRORS as e:
+        raise damaged(path, f"not a readable shard ({type(e).__name__})", "delete it: it is drawn again") from None
+
+
+def _set_aside_stale(out: Path, meta: dict) -> None:
+    """Shards drawn from other weights than those sampled now (the run has moved on: an extended run), and the
+    records describing them, are moved into `OUT/.superseded-step<S>[-k]/` (hidden: no reader takes them), with a
+    warning; the set is then drawn afresh. Never relabelled, never deleted."""
+    now = {key: meta[key] for key in WEIGHTS_KEYS}
+    stale = [p for p in sorted(out.glob("shard-*.npz")) if _drawn_by(p) != now]
+    fix = f"delete it, or move it with the shards beside it out of {out}"
+    stale += [out / n for n in (PARTIAL, "meta.json") if (out / n).exists()
+              and read_record(out / n, fix).get("checkpoint_step") != meta["checkpoint_step"]]
+    if not stale:
+        return
+    steps = sorted({str(_drawn_by(p).get("checkpoint_step", "unknown")) for p in stale if p.suffix == ".npz"})
+    base = dest = out / f".superseded-step{'+'.join(steps) or 'unknown'}"
+    while dest.exists():  # an earlier set aside at the same step
+        dest = base.with_name(f"{base.name}-{int(dest.name.rsplit('-', 1)[-1]) + 1 if dest != base else 2}")
+    dest.mkdir()
+    for path in stale:
+        path.rename(dest / path.name)
+    warnings.warn(f"{out}: {len(stale)} file(s) drawn from other weights of the run (step {', '.join(steps)}; "
+                  f"it is now at step {meta['checkpoint_step']}) were moved, unchanged, to {dest} and are sampled "
+                  "afresh: samples are never relabelled", stacklevel=3)
 
 
 def _check_resume(out: Path, meta: dict) -> None:
-    """Existing shards in `out` may only be reused by a job with the same settings."""
+    """Existing shards in `out` may only be reused by a job with the same settings and weights."""
+    _set_aside_stale(out, meta)
     for name in (PARTIAL, "meta.json"):
         if (out / name).exists():
             old = read_record(out / name, "the settings of the shards beside it cannot be read back: delete it to "
@@ -244,7 +285,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale w, 1 = none (default: config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images per batch = per shard")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
 

@@ -30,7 +30,8 @@
   checkpoint), config.json, log.csv (the loss is the mean over the global batch), done.json.
 - Non-finite loss: losses are read at log/checkpoint boundaries (one host sync per interval); the first
   non-finite one stops the run with an error naming its step, before the next checkpoint, so the last good
-  checkpoint stays in place.
+  checkpoint stays in place. Weights are checked too before each checkpoint (`rundir.check_finite_weights`):
+  non-finite model or EMA weights are never saved, so that last checkpoint is also the last finite one.
 - Faults: one trainer per run dir (`hdit.runlock`; a second one exits naming the holder), temporaries of a
   killed write removed on start; config.json / done.json / the checkpoint are verified when read back, and the
   checkpoint's own config, seed and profile must equal config.json's (`hdit.rundir`).
@@ -54,6 +55,7 @@ from tqdm.auto import tqdm
 from hdit import io, rundir
 from hdit.configs import RunConfig
 from hdit.data.base import to_model_input
+from hdit.devices import rank_device
 from hdit.errors import EXIT_STOPPED, HarnessError, error_text
 from hdit.integrity import write_record
 from hdit.provenance import provenance
@@ -204,11 +206,8 @@ def _append_log(path: Path, row: dict) -> None:
 # ----------------------------------------------------------------------------- training
 
 def _setup_device(device: str | None, local_rank: int, world_size: int) -> torch.device:
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = rank_device(device, local_rank, world_size)  # checked; torchrun: cuda:LOCAL_RANK (hdit.devices)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError("--device cuda was requested but torch sees no CUDA device")
-        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")
     if world_size > 1 and not torch.distributed.is_initialized():
@@ -287,11 +286,13 @@ def _train(run: RunConfig, out, profile: str = "default", *, steps: int | None =
     ckpt = _check_run_dir(s, resume)
     if ckpt is not None and ckpt["step"] >= s.run.train.steps and (s.out / "done.json").exists():
         if s.rank == 0:
+            rundir.restore_from_checkpoint(s.out, ckpt)  # a removed/damaged config.json or ema.pt
             print(f"{s.out}: already trained to step {ckpt['step']} (>= {s.run.train.steps}); nothing to do",
                   file=sys.stderr)
         return rundir.read_done(s.out)
     if ckpt is not None:
         _check_draws(ckpt, s.out)
+        rundir.check_resume_steps(s.out, ckpt["step"], s.run.train.steps)
     dataset, workers = _dataset(s, workers)
     state = _build(s, attn_backend, compile)
     start = _restore(state, ckpt) if ckpt is not None else (0, 0.0)
@@ -439,6 +440,7 @@ class _Losses:
 
 def _save_checkpoint(s: Session, state: TrainStep, stream, step: int, elapsed: float) -> None:
     """Rank 0 writes; nothing in it is per rank (world_size records who wrote it, it binds no resume)."""
+    rundir.check_finite_weights(s.out, step, model=state.raw.state_dict(), ema=state.ema.state_dict())
     if s.rank == 0:
         # the sampling weights first (hdit.rundir): a kill between the two writes leaves ema.pt one checkpoint
         # ahead of the resume state, never behind it
@@ -523,7 +525,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--data", default=None, help="dataset folder (imagenet/ffhq), or its split prepared by `hdit data "
                                                 "prepare`; not needed for shapes")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N (default: cuda if available; under torchrun each rank uses cuda:LOCAL_RANK)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default: the config's, 0)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints (default: steps/10, at most 10000)")
@@ -555,12 +558,10 @@ def main(args) -> int:
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
         print(f"error: --time-budget {args.time_budget}; expected a positive number of seconds", file=sys.stderr)
         return 2
-    if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
-        print(f"error: --device {args.device!r}; expected cpu or cuda", file=sys.stderr)
-        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        rank_device(args.device, dist_env()[2], dist_env()[0])  # before the run dir is touched
         run = resolve(args.config, args.profile)
     except HarnessError as e:
         print(f"error: {error_text(e)}", file=sys.stderr)

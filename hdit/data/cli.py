@@ -11,7 +11,9 @@ classes. FID statistics need no export (`hdit refstats` streams the training spl
 is for looking at, sharing or re-scoring a fixed reference set.
 
 Shards are `shard-%05d.npz` (uint8 NHWC `images`, int64 `labels`) plus `meta.json` (settings, selection
-record), written atomically with their checksums (`hdit.integrity`). A rerun with the same settings completes
+record, every shard's name, count and checksum), written atomically with their checksums (`hdit.integrity`);
+meta.json is written last (`.export.json` holds the settings until then), so a stopped export is no set.
+A rerun with the same settings completes
 the missing shards; a rerun with other settings into the same folder is refused (never a mix of two exports).
 One process writes a folder at a time (`hdit.runlock`).
 """
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 from hdit import io
 from hdit.configs import DataConfig
 from hdit.errors import error_text
-from hdit.integrity import read_record, write_record
+from hdit.integrity import read_record, write_record, write_set_record
 from hdit.provenance import provenance
 from hdit.runlock import RunLock
 
@@ -67,10 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True)
 
 
+PARTIAL = ".export.json"  # the settings of an unfinished export; meta.json (with its shard list) comes last
+
+
 def _check_previous(out: Path, meta: dict) -> None:
-    """An existing export in `out` must have been made with the same settings."""
-    path = out / "meta.json"
-    if not path.exists():
+    """An existing export in `out` (finished, or stopped: `.export.json`) must have been made with the same
+    settings."""
+    path = next((out / n for n in ("meta.json", PARTIAL) if (out / n).exists()), None)
+    if path is None:
         if any(out.glob("shard-*.npz")):
             raise ValueError(f"{out} holds shards but no meta.json (an export of unknown settings); "
                              "remove the folder or use another --out")
@@ -101,7 +107,7 @@ def export(dataset_name: str, resolution: int, n: int | None, out, split: str = 
     with RunLock(out, "hdit data export"):
         io.remove_stale_temporaries(out)
         _check_previous(out, meta)
-        write_record(out / "meta.json", {**meta, "provenance": provenance()})
+        write_record(out / PARTIAL, meta)
         starts = range(0, len(indices), shard_size)
         for k, start in enumerate(tqdm(starts, desc=f"export {dataset_name}", disable=not progress)):
             path = out / f"shard-{k:05d}.npz"
@@ -109,6 +115,7 @@ def export(dataset_name: str, resolution: int, n: int | None, out, split: str = 
                 continue
             images, labels = ds.get_uint8(indices[start:start + shard_size])
             io.save_npz(path, images=images, labels=labels.astype(np.int64))
+        write_set_record(out, {**meta, "provenance": provenance()}, len(starts))  # last: marks a complete export
     return out
 
 

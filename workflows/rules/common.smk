@@ -9,6 +9,7 @@ import glob
 import itertools
 import os
 import re
+import shlex
 
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
@@ -225,8 +226,8 @@ def scored_classacc(s: Scored):
 
 
 def pairs(mapping):
-    """`KEY=PATH ...` for `hdit report`."""
-    return " ".join(f"{k}={v}" for k, v in mapping.items())
+    """`KEY=PATH ...` for `hdit report`, each shell-quoted (a path may hold spaces)."""
+    return " ".join(shlex.quote(f"{k}={v}") for k, v in mapping.items())
 
 
 def fig9_metrics():
@@ -265,7 +266,7 @@ def reference_source(wildcards):
     """`--data PATH [--n N]`: the training split (ADM: all of it) or the configured / profile's subset size."""
     path = training_data(wildcards.dataset, wildcards.resolution)
     n = dataset_setting(wildcards.dataset, "reference_n") or PROFILE.reference_n
-    return " ".join(([f"--data {path}"] if path else []) + ([f"--n {n}"] if n else []))
+    return " ".join(([f"--data {shlex.quote(path)}"] if path else []) + ([f"--n {n}"] if n else []))
 
 
 def reference_stats_of(wildcards):
@@ -276,7 +277,7 @@ def reference_stats_of(wildcards):
 def data_path(wildcards):
     d = resolved(wildcards.run).data
     path = training_data(d.name, d.resolution)
-    return f"--data {path}" if path else ""
+    return f"--data {shlex.quote(path)}" if path else ""
 
 
 def samples_of(wildcards):
@@ -333,7 +334,7 @@ def data_option_of(spec):
     """`--data PATH` of the grid's reference dataset (none for the embedded shapes), checked at DAG build."""
     def option(wildcards):
         path = checked_dataset_path(resolved(_grid_config(spec)).data.name)
-        return f"--data {path}" if path else ""
+        return f"--data {shlex.quote(path)}" if path else ""
     return option
 
 

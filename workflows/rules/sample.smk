@@ -24,5 +24,6 @@ rule sample:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} hdit sample --run {params.run_dir} --n {wildcards.n} --seed {wildcards.seed} "
-        "--cfg-scale {wildcards.cfg} --steps {wildcards.steps} --out {params.out} --device {params.device} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} hdit sample --run {params.run_dir:q} --n {wildcards.n} --seed {wildcards.seed} "
+        "--cfg-scale {wildcards.cfg} --steps {wildcards.steps} --out {params.out:q} --device {params.device} "
+        "> {log:q} 2>&1"

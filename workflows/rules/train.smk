@@ -32,5 +32,5 @@ rule train:
         "../envs/hdit.yaml"
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} train --config {wildcards.run} --profile {params.profile} "
-        "--out {params.run_dir} --resume --device {params.device} --grad-accum {params.grad_accum} {params.data} "
-        "> {log} 2>&1"
+        "--out {params.run_dir:q} --resume --device {params.device} --grad-accum {params.grad_accum} {params.data} "
+        "> {log:q} 2>&1"
