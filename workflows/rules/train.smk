@@ -14,6 +14,7 @@ rule train:
         data=data_path,
         device=config["device"],
         signature=training_signature,
+        compile="--compile" if config["compile"]["train"] else "",
     threads: train_threads
     resources:
         **rule_resources("train"),
@@ -25,4 +26,4 @@ rule train:
         "../envs/hdit.yaml"
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} train --config {wildcards.run} --profile {params.profile} "
-        "--out {params.run_dir} --resume --device {params.device} {params.data} > {log} 2>&1"
+        "--out {params.run_dir} --resume --device {params.device} {params.compile} {params.data} > {log} 2>&1"
