@@ -3,7 +3,8 @@
 `hdit fid` writes the scores (fid and kid with their 95% intervals, IS, n, mode, extractor hash); this adds what produced the
 samples: the training run (config ID, rows sharing it, profile, steps, batch, seed, params, wall time,
 device), the sampler (sampler, steps, CFG scale, seed, n, device), for both the precision that ran and whether
-the model was compiled, versions, and the resolved config, read from the run directory (config.json, done.json) and the sample directory's meta.json.
+the model was compiled, versions, and the resolved config, read from the run directory (config.json, done.json)
+and the sample directory's meta.json.
 """
 from __future__ import annotations
 
