@@ -14,14 +14,16 @@ import copy
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 from hdit.backbones import build_model
 from hdit.profiles import resolve
+from hdit.sample import sample_run
 from hdit.step import TrainStep, autocast_args, make_optimizer
-from hdit.train import _wrap
+from hdit.train import _wrap, train
 
 CPU = torch.device("cpu")
 STEPS = 3
@@ -173,9 +175,8 @@ def test_train_compile_end_to_end(tmp_path):
     """`hdit.train.train(..., compile=True, precision=...)`, the code behind `hdit train --compile --precision`: the
     trainer's whole loop (data, checkpoints, log) runs compiled; config.json records the compile, the precision
     that ran and the overridden TrainConfig.precision, which is part of the training key. (Table 6's "bf16" run
-    overridden to "fp32": on a CPU both run fp32, so the graphs are those of the test above, from inductor's cache.)"""
-    from hdit.train import train
-
+    overridden to "fp32": on a CPU both run fp32, so the graphs are those of the test above, from inductor's
+    cache.) Then `hdit sample --compile` from that run."""
     run = tiny("E", "bf16")
     out = tmp_path / "run"
     done = train(run, out, "default", steps=2, device="cpu", compile=True, precision="fp32", progress=False,
@@ -186,3 +187,12 @@ def test_train_compile_end_to_end(tmp_path):
     assert done["step"] == 2 and done["training_key"] == record["training_key"] != run.training_key()
     rows = (out / "log.csv").read_text().splitlines()[1:]
     assert len(rows) == 2 and all(float(r.split(",")[1]) > 0 for r in rows)
+    # `hdit sample --compile` from that run: the compiled sampler (the divergence hook traced into its graph)
+    # draws what the eager one draws, to a uint8 level; meta.json records both choices
+    shards = {}
+    for compile_ in (False, True):
+        meta = sample_run(out, tmp_path / f"samples-{compile_}", n=2, steps=2, batch_size=2, device="cpu",
+                          progress=False, compile=compile_)
+        assert (meta["compile"], meta["precision"]) == (compile_, "fp32")
+        shards[compile_] = np.load(tmp_path / f"samples-{compile_}" / "shard-00000.npz")["images"].astype(int)
+    assert np.abs(shards[True] - shards[False]).max() <= 1
