@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The measurements of docs/PERFORMANCE.md on one GPU, in one bounded run (issue 26). From the repository root:
 #
-#   OUT=/some/dir bash scripts/gpu-bench.sh                         # on the GPU machine (~5.5 min)
+#   OUT=/some/dir bash scripts/gpu-bench.sh                         # on the GPU machine (<= 330 s)
 #   OUT=/tmp/x GPU_BENCH_DEVICE=cpu bash scripts/gpu-bench.sh       # the same steps at CPU sizes: a dry run
 #
 # Steps run in the order of GPU_BENCH_STEPS; each has its own time limit and the whole run GPU_BENCH_BUDGET_S
@@ -23,7 +23,7 @@ set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
 DEVICE=${GPU_BENCH_DEVICE:-cuda}
 BUDGET=${GPU_BENCH_BUDGET_S:-330}  # the coordinator's: what is left of the device time, less the machine's start
-STEPS=${GPU_BENCH_STEPS:-profile trainer na scaling tests}
+STEPS=${GPU_BENCH_STEPS:-profile trainer na scaling}  # the full protocol: train profile trainer na sample scaling tests
 RESOLUTIONS=${GPU_BENCH_RESOLUTIONS:-512 1024}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
@@ -37,7 +37,7 @@ if [ "$DEVICE" = cuda ]; then
     TRAIN=(--profile paper --steps 30 --log-every 5 --checkpoint-every 30 --data "$SYNTH_DIR")
     SYNTH=(--classes 1000 --per-class 2 --size 160x128)
     TESTS=(tests/test_flex.py tests/test_bench.py -k cuda)
-    SIZES=() PROFILE_SIZES=(--batches 256) TRAIN_SIZES=(--batches 128) SLOWER=1
+    SIZES=() PROFILE_SIZES=(--batches 256 --warmup 3 --iters 10) TRAIN_SIZES=(--batches 128) SLOWER=1
 else  # dry run: the same commands at the CPU-quick plan's sizes; two steps of the default profile's E
     BENCH=(bench --device cpu --quick --threads 1)
     TRAIN=(--profile default --steps 2 --log-every 1 --threads 1)  # the embedded data: no --data
@@ -68,19 +68,19 @@ run_step() {
     case $1 in
     train) bounded train 200 "${HDIT[@]}" "${BENCH[@]}" --suites train forward "${TRAIN_SIZES[@]}" "${SIZES[@]}" \
         --out "$OUT/bench-train.json" ;;
-    profile) bounded profile 110 "${HDIT[@]}" "${BENCH[@]}" --suites train --configs E "${PROFILE_SIZES[@]}" \
+    profile) bounded profile 90 "${HDIT[@]}" "${BENCH[@]}" --suites train --configs E "${PROFILE_SIZES[@]}" \
         "${SIZES[@]}" --profile "$OUT" --out "$OUT/bench-profile.json" ;;
     trainer)
         rm -rf "$SYNTH_DIR" "$RUN_DIR"
-        bounded synth 30 "${HDIT[@]}" data synth --layout imagenet "${SYNTH[@]}" --out "$SYNTH_DIR"
-        bounded trainer 110 "${HDIT[@]}" train --config E "${TRAIN[@]}" --device "$DEVICE" --compile --no-progress \
+        bounded synth 20 "${HDIT[@]}" data synth --layout imagenet "${SYNTH[@]}" --out "$SYNTH_DIR"
+        bounded trainer 100 "${HDIT[@]}" train --config E "${TRAIN[@]}" --device "$DEVICE" --compile --no-progress \
             --out "$RUN_DIR"
         cp "$RUN_DIR/log.csv" "$OUT/trainer-log.csv" 2>/dev/null
         cp "$RUN_DIR/config.json" "$OUT/trainer-config.json" 2>/dev/null ;;
     na) bounded na 50 "${HDIT[@]}" "${BENCH[@]}" --suites na "${SIZES[@]}" --out "$OUT/bench-na.json" ;;
     sample) bounded sample 120 "${HDIT[@]}" "${BENCH[@]}" --suites sample "${SIZES[@]}" --out "$OUT/bench-sample.json" ;;
     # shellcheck disable=SC2086  # the resolutions are words
-    scaling) bounded scaling 120 "${HDIT[@]}" "${BENCH[@]}" --suites scaling --resolutions $RESOLUTIONS "${SIZES[@]}" \
+    scaling) bounded scaling 90 "${HDIT[@]}" "${BENCH[@]}" --suites scaling --resolutions $RESOLUTIONS "${SIZES[@]}" \
         --out "$OUT/bench-scaling.json" ;;
     tests) bounded tests 60 python3 -m pytest -q -p no:cacheprovider -o addopts= "${TESTS[@]}" ;;
     *) say "unknown step $1 (expected train profile trainer na sample scaling tests)"; return 2 ;;
