@@ -346,7 +346,7 @@ def run_na(b: Bench, progress, emit) -> None:
     """The `na` suite. A CPU has no FlexAttention backward (ours and natten's), so there they run forward only; a
     kernel that fails (natten not installed, an unsupported shape) is recorded with its error."""
     batch, side, heads, dim, k = b.plan.na_shape
-    for kernel, backward in itertools.product(NA_KERNELS, (False, True)):
+    for backward, kernel in itertools.product((False, True), NA_KERNELS):  # every forward first: the reference table
         if backward and b.device.type == "cpu" and kernel in ("flex", "natten-flex"):
             continue
         metric = "na_fwd_bwd_ms" if backward else "na_fwd_ms"

@@ -77,7 +77,7 @@ run_step() {
             --out "$RUN_DIR"
         cp "$RUN_DIR/log.csv" "$OUT/trainer-log.csv" 2>/dev/null
         cp "$RUN_DIR/config.json" "$OUT/trainer-config.json" 2>/dev/null ;;
-    na) bounded na 50 "${HDIT[@]}" "${BENCH[@]}" --suites na "${SIZES[@]}" --out "$OUT/bench-na.json" ;;
+    na) bounded na 60 "${HDIT[@]}" "${BENCH[@]}" --suites na "${SIZES[@]}" --out "$OUT/bench-na.json" ;;
     sample) bounded sample 120 "${HDIT[@]}" "${BENCH[@]}" --suites sample "${SIZES[@]}" --out "$OUT/bench-sample.json" ;;
     # shellcheck disable=SC2086  # the resolutions are words
     scaling) bounded scaling 90 "${HDIT[@]}" "${BENCH[@]}" --suites scaling --resolutions $RESOLUTIONS "${SIZES[@]}" \
