@@ -318,7 +318,8 @@ NA_KERNELS = ("flex", "natten-flex", "masked", "global")
 
 def na_fn(b: Bench, kernel: str, backward: bool):
     """One call of a neighborhood-attention kernel on the plan's shape (bf16 on CUDA); with `backward`, forward and
-    backward. natten-flex is natten's FlexAttention backend (on CUDA compiled, `torch_compile=True`, its fast setting)."""
+    backward. natten-flex is natten's FlexAttention backend (compiled on CUDA: `torch_compile=True`, its fast
+    setting)."""
     from hdit.model.attention import global_attention, neighborhood_attention
 
     batch, side, heads, dim, k = b.plan.na_shape
