@@ -1,6 +1,7 @@
 """`hdit sample`: draw images from a trained run's EMA weights into resumable .npz shards.
 
     hdit sample --run RUN --n 500 --out DIR [--steps S] [--cfg-scale W] [--seed S] [--batch-size B] [--device D]
+                [--compile]
 
 - Sampler and steps default to the run's SampleConfig: DPM++(3M) SDE (eta 1, Karras rho 7, sigma range of
   the TrainConfig) for EDM runs, DDPM ancestral sampling respaced to `steps` for R1.
@@ -9,6 +10,9 @@
   models draw none and store -1) and all its noise come from a generator seeded with (seed, k), so the output
   is the same wherever a killed job resumed. Each shard is one batch, written atomically as
   `shard-%05d.npz` (uint8 NHWC `images`, int64 `labels`); existing shards are skipped.
+- Precision: the run's TrainConfig.precision (bf16 autocast on CUDA for Table 6's "bf16"). `--compile`:
+  torch.compile of the model (one compilation per batch shape: full shards, the last one, CFG's doubled batch).
+  meta.json records `precision` (bf16-autocast | fp32) and `compile`.
 - meta.json (written last: it marks a complete set) records the run, config, profile, n, seed, sampler,
   steps, cfg_scale, batch size, the weights (checkpoint step, file and sha256), provenance and every shard
   (name, count, checksum: `hdit.integrity.write_set_record`; readers take exactly those shards or refuse the
@@ -42,7 +46,7 @@ from hdit.devices import resolve_device
 from hdit.errors import HarnessError, error_text
 from hdit.integrity import NPZ_ERRORS, damaged, read_record, write_record, write_set_record
 from hdit.provenance import provenance
-from hdit.step import autocast_args
+from hdit.step import autocast_args, precision_label
 from hdit.runlock import RunLock
 
 DIVERGED_LIMIT = 1e3  # |network output| or |sample| beyond this: diverged weights (see the module docstring)
@@ -185,7 +189,7 @@ def _check_for_run(run: RunConfig, steps: int, cfg_scale: float) -> None:
 
 
 def sample_run(run_dir, out, n: int, steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
-               batch_size: int = 64, device=None, progress: bool = True) -> dict:
+               batch_size: int = 64, device=None, progress: bool = True, compile: bool = False) -> dict:
     """Fill `out` with ceil(n / batch_size) shards (skipping existing ones); returns meta.json's record."""
     check_request(n, steps, cfg_scale, seed, batch_size)
     device = resolve_device(device)
@@ -198,14 +202,16 @@ def sample_run(run_dir, out, n: int, steps: int | None = None, cfg_scale: float 
         io.remove_stale_temporaries(out)
         run, record, model = load_run(run_dir, device)
         meta = _meta(run, record, run_dir, n, seed, steps, cfg_scale, batch_size)
+        meta.update(compile=compile, precision=precision_label(autocast_args(device, run.train.precision)))
         _check_resume(out, meta)
         write_record(out / PARTIAL, meta)  # settings of the unfinished set; meta.json comes last
         num_shards = -(-n // batch_size)
         todo = [k for k in range(num_shards) if not (out / f"shard-{k:05d}.npz").exists()]
         peak = OutputPeak(model)
+        net = torch.compile(model, dynamic=False) if compile else model  # the hook above is traced into its graph
         for k in tqdm(todo, desc=f"sample {run.id}", unit="shard", disable=not progress):
             count = min(batch_size, n - k * batch_size)
-            x, labels = sample_batch(run, model, count, steps, cfg_scale, shard_generator(seed, k, device), device)
+            x, labels = sample_batch(run, net, count, steps, cfg_scale, shard_generator(seed, k, device), device)
             check_batch(x, peak.take(), f"run {run_dir} (checkpoint step {record['checkpoint_step']}), shard {k} "
                                         f"({out / f'shard-{k:05d}.npz'}, seed {seed}, cfg scale {cfg_scale})")
             labels = np.full(count, -1, np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
@@ -287,6 +293,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch = per shard")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -298,7 +305,7 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     try:
         meta = sample_run(args.run, args.out, args.n, args.steps, args.cfg_scale, args.seed, args.batch_size,
-                          args.device, progress=not args.no_progress)
+                          args.device, progress=not args.no_progress, compile=args.compile)
     except (HarnessError, ConfigError) as e:
         print(f"error: {error_text(e)}", file=sys.stderr)
         return 2

@@ -10,7 +10,10 @@
   or, per TrainConfig.lr_schedule, warmed up linearly and decayed to 0 along a half cosine (`lr_factor`).
 - EMA: decay min(ema_decay, 1 - (1 + t / ema_warmup_gamma) ** -ema_warmup_power) (`hdit.ema`).
 - Class dropout: labels replaced by the null class (index num_classes) with probability cond_dropout.
-- bf16 autocast on CUDA (TrainConfig.precision); CPU runs fp32 through the same autocast call.
+- Precision (TrainConfig.precision, part of the run's identity; `--precision` overrides it): "bf16" autocasts
+  forward + loss to bf16 on CUDA (Table 6) and runs fp32 on a CPU; "bf16-all" casts on a CPU too; "fp32" never.
+- `--compile`: torch.compile of the model (inductor; one compilation, then none per step). config.json records
+  `compile` and the `precision` that ran (bf16-autocast | fp32).
 - The same run on any hardware (issue 22): launched by torchrun (WORLD_SIZE/RANK/LOCAL_RANK, one node or
   many) it runs DDP. The batch size is global; each rank takes its contiguous slice of the global batch, split
   into --grad-accum micro-batches, and every random draw of a sample is keyed by (seed, step, global index)
@@ -53,14 +56,14 @@ import torch
 from tqdm.auto import tqdm
 
 from hdit import io, rundir
-from hdit.configs import RunConfig
+from hdit.configs import PRECISIONS, RunConfig
 from hdit.data.base import to_model_input
 from hdit.devices import rank_device
 from hdit.errors import EXIT_STOPPED, HarnessError, error_text
 from hdit.integrity import write_record
 from hdit.provenance import provenance
 from hdit.runlock import RunLock
-from hdit.step import TrainStep, autocast_args, make_optimizer
+from hdit.step import TrainStep, autocast_args, make_optimizer, precision_label
 
 LOG_FIELDS = ("step", "loss", "lr", "img_per_s", "elapsed_s")
 DRAWS = "keyed by (seed, step, sample)"  # checkpoint marker of the draw scheme (hdit.draws)
@@ -279,8 +282,11 @@ class Session:
 def _train(run: RunConfig, out, profile: str = "default", *, steps: int | None = None, resume: bool = False,
            data_path=None, device: str | None = None, seed: int | None = None, checkpoint_every: int | None = None,
            log_every: int = 10, workers: int | None = None, attn_backend: str = "auto", compile: bool = False,
-           progress: bool = True, grad_accum: int = 1, time_budget: float | None = None) -> dict:
+           progress: bool = True, grad_accum: int = 1, time_budget: float | None = None,
+           precision: str | None = None) -> dict:
     started = time.monotonic()
+    if precision is not None:  # before the session: the precision is part of the run's identity
+        run = replace(run, train=replace(run.train, precision=precision))
     s = _session(run, out, profile, steps, seed, device, checkpoint_every, data_path)
     s = replace(s, grad_accum=_check_accum(s, grad_accum), time_budget=time_budget, started=started)
     ckpt = _check_run_dir(s, resume)
@@ -398,7 +404,8 @@ def _write_config(s: Session, state: TrainStep, attn_backend: str, compile: bool
         "time_budget_s": s.time_budget, "data_path": s.data_path or "",
         "checkpoint_every": s.checkpoint_every, "objective": state.objective.description,
         "ema": f"min({train.ema_decay}, 1 - (1 + t / {train.ema_warmup_gamma}) ** -{train.ema_warmup_power})",
-        "attn_backend": attn_backend, "compile": compile, "provenance": provenance(s.device)})
+        "attn_backend": attn_backend, "compile": compile, "precision": precision_label(state.amp),
+        "provenance": provenance(s.device)})
     _truncate_log(s.out / "log.csv", step)
 
 
@@ -501,16 +508,19 @@ def _finish(s: Session, session_start: int, step: int, elapsed0: float, seconds:
 
 
 def _wrap(raw, run: RunConfig, device, world_size: int, compile: bool, amp: dict):
-    """DDP and/or torch.compile around the model; one eager forward first caches attention masks."""
+    """DDP and/or torch.compile around the model. Before compiling, one eager forward builds the attention masks
+    (and FlexAttention block masks) outside the graph, which then only reads them; it runs in eval mode, so no
+    dropout draws from the global RNG and a compiled run's stream stays the eager run's."""
     model = raw
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[device] if device.type == "cuda" else None)
     if compile:
-        m = run.model
+        m, training = run.model, raw.training
         x = torch.zeros(1, m.in_channels, run.data.resolution, run.data.resolution, device=device)
         labels = torch.zeros(1, dtype=torch.long, device=device) if m.num_classes else None
         with torch.no_grad(), torch.autocast(**amp):
-            raw(x, torch.zeros(1, device=device), labels)
+            raw.eval()(x, torch.zeros(1, device=device), labels)
+        raw.train(training)
         model = torch.compile(model, dynamic=False)
     return model
 
@@ -534,7 +544,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: 0 for shapes)")
     p.add_argument("--attn-backend", default="auto",
                    help="HDiT neighborhood attention kernel: auto | masked | natten | flex (hdit.model.attention)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (inductor; on a CPU too: C++ kernels, ~1 min of compilation)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="autocast of forward + loss (default: the config's, Table 6's bf16 = bf16 on CUDA, fp32 on a "
+                        "CPU; bf16-all: bf16 on a CPU too; fp32: none). Part of the run's identity")
     p.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches per rank and step (the batch stays the config's; not part of the run)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -570,7 +584,7 @@ def main(args) -> int:
                          device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
                          log_every=args.log_every, workers=args.workers, attn_backend=args.attn_backend,
                          compile=args.compile, progress=not args.no_progress, grad_accum=args.grad_accum,
-                         time_budget=args.time_budget)
+                         time_budget=args.time_budget, precision=args.precision)
 
 
 def train_command(run: RunConfig, out, profile: str, **kw) -> int:

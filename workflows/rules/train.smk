@@ -21,6 +21,7 @@ rule train:
         device=config["device"],
         grad_accum=lambda wc: config.get("train_grad_accum", {}).get(wc.run, 1),
         signature=training_signature,
+        compile="--compile" if config["compile"]["train"] else "",
     threads: train_threads
     resources:
         **rule_resources("train"),
@@ -32,5 +33,5 @@ rule train:
         "../envs/hdit.yaml"
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} train --config {wildcards.run} --profile {params.profile} "
-        "--out {params.run_dir:q} --resume --device {params.device} --grad-accum {params.grad_accum} {params.data} "
+        "--out {params.run_dir:q} --resume --device {params.device} --grad-accum {params.grad_accum} {params.compile} {params.data} "
         "> {log:q} 2>&1"
