@@ -66,7 +66,7 @@ def trainer(run, raw, compile_: bool) -> TrainStep:
     amp = autocast_args(CPU, run.train.precision)
     net = _wrap(raw, run, CPU, 1, compile_, amp)
     ema = copy.deepcopy(raw).eval().requires_grad_(False)
-    return TrainStep(run, raw, net, ema, make_optimizer(raw, run), torch.Generator().manual_seed(0), amp)
+    return TrainStep(run, raw, net, ema, make_optimizer(raw, run), amp)
 
 
 def train_steps(run, raw, compile_: bool, steps: int = STEPS, graphs: list | None = None):
