@@ -18,6 +18,7 @@ report: "workflows/report/workflow.rst"
 
 
 include: "workflows/rules/common.smk"
+include: "workflows/rules/data.smk"
 include: "workflows/rules/train.smk"
 include: "workflows/rules/sample.smk"
 include: "workflows/rules/evaluate.smk"

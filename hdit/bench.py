@@ -7,6 +7,9 @@ Suites (one JSON record per measurement, docs/PERFORMANCE.md):
 - scaling: forward latency and peak memory of HDiT E vs DiT-B/4 over resolutions (Figure 2, measured);
            the batch shrinks with the token count: batch(r) = max(1, scaling_batch * (base / r)^2).
 - sample:  images/s of 50-step DPM++(3M) SDE sampling (Karras schedule, the config's sampler settings).
+- na:      neighborhood attention alone (the issue's shape: batch 64, 32x32 tokens, 6 heads, d 64, k 7): our
+           FlexAttention kernel with its cached block mask, natten's flex backend, the masked SDPA kernel and global
+           SDPA as the floor; forward, and forward + backward where the device has one.
 
 CUDA: bf16 autocast, fused AdamW, `torch.compile` of the model (optional), FlexAttention neighborhood
 attention with cached block masks, CUDA-event timing, `max_memory_allocated`. CPU: fp32, no compile, the
@@ -37,7 +40,7 @@ from hdit.profiles import resolve
 from hdit.provenance import device_slug, provenance
 from hdit.step import TrainStep, autocast_args, make_optimizer
 
-SUITES = ("train", "forward", "scaling", "sample")
+SUITES = ("train", "forward", "scaling", "sample", "na")
 MODEL_LABELS = {"hdit": "HDiT", "dit": "DiT-B/4", "diffit": "DiffiT"}
 
 
@@ -54,6 +57,7 @@ class Plan:
     warmup: int
     iters: int
     sample_reps: int = 1
+    na_shape: tuple[int, int, int, int, int] = (64, 32, 6, 64, 7)  # batch, tokens per side, heads, head dim, kernel
 
 
 PLANS = {
@@ -62,7 +66,7 @@ PLANS = {
     # Paper-scale models on a CPU: small batches, two resolutions (slow but the same models).
     "cpu": Plan("paper", 128, (4,), (128, 256), 4, 2, warmup=1, iters=2),
     # --quick: default-profile models (32 px native), a few iterations.
-    "quick": Plan("default", 32, (8,), (32, 64, 128), 8, 4, warmup=2, iters=4),
+    "quick": Plan("default", 32, (8,), (32, 64, 128), 8, 4, warmup=2, iters=4, na_shape=(2, 16, 2, 32, 7)),
 }
 
 
@@ -177,6 +181,7 @@ class Bench:
     attn_backend: str
     sample_steps: int
     base: dict  # fields shared by every record
+    profile_dir: Path | None = None  # --profile: a kernel table of each train measurement's steps
 
     @property
     def amp(self):
@@ -296,9 +301,80 @@ def measure(b: Bench, suite: str, make, run, model, net, batch: int, warmup: int
     else:
         value, metric, unit = batch / seconds, f"{suite}_img_per_s", "images/s"
     out = [dict(rec, metric=metric, value=value, unit=unit)]
+    if b.profile_dir is not None and suite == "train":
+        path = b.profile_dir / f"profile-{suite}-{run.id}-{run.model.resolution}px-b{batch}.txt"
+        profile_calls(fn, b.device, path, f"{label}, {suite} step, batch {batch}, {rec['timing']}: "
+                                          f"{value:.4g} {unit}")
+        out[0]["profile"] = str(path)
     if mem.gib is not None:
         out.append(dict(rec, metric="peak_mem_gib", value=mem.gib, unit="GiB", mem_kind=mem.kind))
     return out
+
+
+NA_KERNELS = ("flex", "natten-flex", "masked", "global")
+
+
+def na_fn(b: Bench, kernel: str, backward: bool):
+    """One call of a neighborhood-attention kernel on the plan's shape (bf16 on CUDA); with `backward`, forward and
+    backward. natten-flex is natten's FlexAttention backend (compiled on CUDA: `torch_compile=True`, its fast
+    setting)."""
+    from hdit.model.attention import global_attention, neighborhood_attention
+
+    batch, side, heads, dim, k = b.plan.na_shape
+    dtype = torch.bfloat16 if b.device.type == "cuda" else torch.float32
+    q, kk, v = (torch.randn(batch, side, side, heads, dim, device=b.device, dtype=dtype, requires_grad=backward)
+                for _ in range(3))
+    if kernel == "global":
+        call = functools.partial(global_attention, q, kk, v)
+    elif kernel == "natten-flex":
+        import natten
+
+        call = functools.partial(natten.na2d, q, kk, v, k, scale=1.0, backend="flex-fna",
+                                 torch_compile=b.device.type == "cuda")  # natten compiles flex on CUDA only
+    else:
+        call = functools.partial(neighborhood_attention, q, kk, v, k, backend=kernel)
+
+    def fn():
+        out = call()
+        if backward:
+            out.backward(torch.ones_like(out))
+    return fn
+
+
+def run_na(b: Bench, progress, emit) -> None:
+    """The `na` suite. A CPU has no FlexAttention backward (ours and natten's), so there they run forward only; a
+    kernel that fails (natten not installed, an unsupported shape) is recorded with its error."""
+    batch, side, heads, dim, k = b.plan.na_shape
+    for backward, kernel in itertools.product((False, True), NA_KERNELS):  # every forward first: the reference table
+        if backward and b.device.type == "cpu" and kernel in ("flex", "natten-flex"):
+            continue
+        metric = "na_fwd_bwd_ms" if backward else "na_fwd_ms"
+        progress(f"na {kernel} {metric}")
+        rec = dict(b.base, suite="na", config=f"NA k{k}", model=kernel, resolution=side, batch=batch, heads=heads,
+                   head_dim=dim, kernel_size=k, params=0, metric=metric, unit="ms per call", warmup=b.plan.warmup,
+                   iters=b.plan.iters, attn_backend=kernel,
+                   timing="mean (CUDA events)" if b.device.type == "cuda" else "median wall-clock")
+        try:
+            rec["value"] = time_per_iter(na_fn(b, kernel, backward), b.device, b.plan.warmup, b.plan.iters) * 1e3
+        except (ImportError, NotImplementedError, RuntimeError, ValueError) as e:  # OOM is a RuntimeError
+            rec.update(value=None, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        emit([rec])
+        release(b.device)
+
+
+def profile_calls(fn, device: torch.device, path: Path, title: str, calls: int = 5, rows: int = 40) -> None:
+    """torch.profiler over `calls` calls of the (warm) `fn`: the operators and kernels that take the most self
+    device time (CPU time on a CPU), written to `path` -- where a throughput goal is not met, this says why."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                      row_limit=rows, max_name_column_width=90)
+    io.write_text(path, f"{title}\n{calls} calls profiled (torch.profiler)\n\n{table}\n")
 
 
 def release(device: torch.device) -> None:
@@ -329,6 +405,8 @@ def run_suites(b: Bench, configs, suites, progress, emit) -> None:
                 emit(measure(b, "sample", sample_fn, run, model, net, p.sample_batch, 1, p.sample_reps))
             del run, model, net
             release(b.device)
+    if "na" in suites:
+        run_na(b, progress, emit)
     if "scaling" in suites:
         for r in p.resolutions:
             for cid in configs:
@@ -363,6 +441,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's choice")
     p.add_argument("--warmup", type=int)
     p.add_argument("--iters", type=int)
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="after each train measurement, profile 5 steps (torch.profiler) into DIR/profile-*.txt")
 
 
 def make_plan(args) -> Plan:
@@ -413,12 +493,13 @@ def main(args) -> int:
                 scale="paper" if plan.scale == "paper" else "default-profile", precision=None,
                 compile=compile_, attn_backend=backend, threads=torch.get_num_threads(),
                 command=prov["command"], timestamp=prov["time_utc"], hdit_repro_commit=prov["hdit_repro_commit"])
-    b = Bench(device, plan, compile_, backend, args.sample_steps, base)
+    b = Bench(device, plan, compile_, backend, args.sample_steps, base, args.profile)
     base["precision"] = b.precision
     out = args.out or Path("results/bench") / f"{device_slug(prov['device'].split(' (')[0])}" \
         f"{'-quick' if args.quick else ''}.json"
     n_jobs = (len(plan.batches) * (("train" in args.suites) + ("forward" in args.suites)) + ("sample" in args.suites)) \
-        * len(args.configs) + ("scaling" in args.suites) * len(plan.resolutions) * len(args.configs)
+        * len(args.configs) + ("scaling" in args.suites) * len(plan.resolutions) * len(args.configs) \
+        + ("na" in args.suites) * (2 * len(NA_KERNELS) - 2 * (device.type == "cpu"))
     records: list[dict] = []
     bar = tqdm(total=n_jobs, desc="bench", unit="job")
 

@@ -1,7 +1,8 @@
 """`hdit` command line: thin wrappers. Each subcommand lives in its own module, which provides
 `add_arguments(parser)` and `main(args) -> int`; the logic stays in the library. Bad input and damaged,
 occupied or misplaced files (`hdit.errors.HarnessError`) end any subcommand with its message and exit code 2,
-without a traceback."""
+without a traceback; so does a failed write (no space, file too large, not a directory: `hdit.io.WriteError`, or
+an OSError of those causes raised elsewhere)."""
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,10 @@ COMMANDS = {
     "classify": ("hdit.metrics.classify", "class accuracy of conditional samples on the embedded shapes data "
                  "(a small CNN trained once, cached)"),
     "refstats": ("hdit.metrics.reference", "FID reference statistics of a training split (ADM protocol); resumable"),
-    "data": ("hdit.data.cli", "export dataset images (e.g. the embedded dataset) as .npz shards"),
+    "data": ("hdit.data.cli", "prepare a training split once (ADM crop); export images as .npz shards; synth folders"),
     "report": ("hdit.report.cli", "render tables and figures into results/"),
     "bench": ("hdit.bench", "GPU/CPU throughput, latency and memory benchmarks"),
+    "bench-loader": ("hdit.data.loaderbench", "training-input img/s per core: raw image folders vs prepared splits"),
 }
 
 
@@ -39,11 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv[1:] = argv
     args = build_parser().parse_args(argv)
     from hdit.errors import HarnessError, error_text
+    from hdit.io import CAUSES, write_error
 
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
     except HarnessError as e:
         print(f"hdit {args.command}: error: {error_text(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write that failed outside `hdit.io` (a log, a library's own file): name file and cause
+        if e.errno not in CAUSES:
+            raise
+        print(f"hdit {args.command}: error: {write_error(e.filename or 'a file', e)}", file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,7 @@ SKIP_KINDS = ("lerp", "add", "concat")
 WEIGHTINGS = ("snr", "min-snr", "soft-min-snr", "ddpm-hybrid")
 SAMPLERS = ("dpmpp-3m-sde", "ddpm")
 LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("bf16", "bf16-all", "fp32")  # TrainConfig.precision: see there
 
 
 class ConfigError(HarnessError):
@@ -155,7 +156,10 @@ class TrainConfig:
     ema_warmup_gamma: float = 1.0
     cond_dropout: float = 0.1
     augment_prob: float = 0.0
-    precision: str = "bf16"  # autocast dtype on GPU; CPU runs fp32 through the same code path
+    # Autocast of forward + loss (PRECISIONS). "bf16" is Table 6's: bf16 on CUDA, while a CPU runs the same code in
+    # fp32 (the paper trained on GPUs; CPU bf16 autocast is slower than fp32). "bf16-all" also casts on a CPU (tests
+    # of the bf16 path), "fp32" never casts. Part of the run's identity (training_key): it changes the numerics.
+    precision: str = "bf16"
     seed: int = 0
 
     def lr_factor(self, step: int) -> float:
@@ -175,6 +179,8 @@ class TrainConfig:
             raise ConfigError(f"lr_warmup_steps={self.lr_warmup_steps!r}; expected an integer >= 0")
         if self.objective not in ("edm", "ddpm"):
             raise ConfigError(f"objective={self.objective!r}; expected 'edm' or 'ddpm'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}; expected one of {PRECISIONS}")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,24 @@ def list_images(root: str | os.PathLike) -> list[Path]:
                   if p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p, root) and p.is_file())
 
 
+def stored_bits(im, path) -> int | None:
+    """Bits per channel as stored in the file, where Pillow hides them: it opens a 16-bit-per-channel RGB PNG
+    (or TIFF) as 8-bit "RGB", dropping the low byte. None where the mode says it (every other format)."""
+    if im.format == "PNG":
+        with open(path, "rb") as f:
+            header = f.read(25)  # signature (8), IHDR length and type (8), width, height (8), bit depth (1)
+        return header[24] if len(header) == 25 and header[12:16] == b"IHDR" else None
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258)  # BitsPerSample
+        return max(bits) if isinstance(bits, tuple) and bits else bits
+    return None
+
+
 def check_mode(im, path) -> None:
+    bits = stored_bits(im, path)
+    if bits is not None and bits > 8:
+        raise ImageFileError(f"{path}: {bits} bits per channel ({im.mode} {im.format}); expected 8-bit RGB or "
+                             "greyscale: convert it to 8 bits deliberately (e.g. `convert in.png -depth 8 out.png`)")
     if im.mode not in RGB_MODES:
         bands = len(im.getbands())
         raise ImageFileError(f"{path}: image mode {im.mode!r} ({bands} channel{'s' * (bands != 1)}); expected "

@@ -122,8 +122,13 @@ class RunLock:
         if alive is None and holder.get("pid"):
             return (f"{msg}; that host cannot be checked from here: if pid {holder['pid']} is no longer running "
                     f"there, remove {self.path} and start again")
-        pid = f" (kill {holder['pid']})" if holder.get("pid") else ""
-        return f"{msg}; wait for it to finish or stop it{pid}, or use another output directory"
+        if not holder.get("pid"):
+            return f"{msg}; wait for it to finish, or use another output directory"
+        pid = holder["pid"]
+        return (f"{msg}; wait for it to finish, or use another output directory. If it is a job left running by a "
+                f"snakemake that was killed (killing snakemake does not stop the jobs it started), stop it with "
+                f"`kill {pid}` (`hdit train` writes a checkpoint and exits on SIGTERM; check with `ps -p {pid}`), "
+                "then rerun snakemake with --rerun-incomplete: training resumes from that checkpoint")
 
     def _write_record(self) -> None:
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

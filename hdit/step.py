@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hdit.configs import RunConfig
+from hdit.configs import PRECISIONS, ConfigError, RunConfig
 from hdit.data.augment import apply_augment, sample_augment_cond
 from hdit.diffusion import Denoiser, sample_sigma
 from hdit.draws import SCALARS, StepDraws, step_words
@@ -158,5 +158,14 @@ def make_optimizer(raw: torch.nn.Module, run: RunConfig) -> torch.optim.AdamW:
 
 
 def autocast_args(device: torch.device, precision: str) -> dict:
-    """bf16 autocast on CUDA (Table 6); CPU runs fp32 through the same call."""
-    return dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
+    """`torch.autocast` arguments for TrainConfig.precision on `device`: "bf16" casts on CUDA only (Table 6; a CPU
+    runs the same call in fp32), "bf16-all" on every device (the CPU tests of the bf16 path), "fp32" nowhere."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}; expected one of {PRECISIONS}")
+    enabled = precision == "bf16-all" or (precision == "bf16" and device.type == "cuda")
+    return dict(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def precision_label(amp: dict) -> str:
+    """What `autocast_args` turned on, as config.json, meta.json and the bench records name it."""
+    return "bf16-autocast" if amp["enabled"] else "fp32"

@@ -10,7 +10,10 @@
   or, per TrainConfig.lr_schedule, warmed up linearly and decayed to 0 along a half cosine (`lr_factor`).
 - EMA: decay min(ema_decay, 1 - (1 + t / ema_warmup_gamma) ** -ema_warmup_power) (`hdit.ema`).
 - Class dropout: labels replaced by the null class (index num_classes) with probability cond_dropout.
-- bf16 autocast on CUDA (TrainConfig.precision); CPU runs fp32 through the same autocast call.
+- Precision (TrainConfig.precision, part of the run's identity; `--precision` overrides it): "bf16" autocasts
+  forward + loss to bf16 on CUDA (Table 6) and runs fp32 on a CPU; "bf16-all" casts on a CPU too; "fp32" never.
+- `--compile`: torch.compile of the model (inductor; one compilation, then none per step). config.json records
+  `compile` and the `precision` that ran (bf16-autocast | fp32).
 - The same run on any hardware (issue 22): launched by torchrun (WORLD_SIZE/RANK/LOCAL_RANK, one node or
   many) it runs DDP. The batch size is global; each rank takes its contiguous slice of the global batch, split
   into --grad-accum micro-batches, and every random draw of a sample is keyed by (seed, step, global index)
@@ -30,7 +33,8 @@
   checkpoint), config.json, log.csv (the loss is the mean over the global batch), done.json.
 - Non-finite loss: losses are read at log/checkpoint boundaries (one host sync per interval); the first
   non-finite one stops the run with an error naming its step, before the next checkpoint, so the last good
-  checkpoint stays in place.
+  checkpoint stays in place. Weights are checked too before each checkpoint (`rundir.check_finite_weights`):
+  non-finite model or EMA weights are never saved, so that last checkpoint is also the last finite one.
 - Faults: one trainer per run dir (`hdit.runlock`; a second one exits naming the holder), temporaries of a
   killed write removed on start; config.json / done.json / the checkpoint are verified when read back, and the
   checkpoint's own config, seed and profile must equal config.json's (`hdit.rundir`).
@@ -52,12 +56,14 @@ import torch
 from tqdm.auto import tqdm
 
 from hdit import io, rundir
-from hdit.configs import RunConfig
+from hdit.configs import PRECISIONS, RunConfig
+from hdit.data.base import to_model_input
+from hdit.devices import rank_device
 from hdit.errors import EXIT_STOPPED, HarnessError, error_text
 from hdit.integrity import write_record
 from hdit.provenance import provenance
 from hdit.runlock import RunLock
-from hdit.step import TrainStep, autocast_args, make_optimizer
+from hdit.step import TrainStep, autocast_args, make_optimizer, precision_label
 
 LOG_FIELDS = ("step", "loss", "lr", "img_per_s", "elapsed_s")
 DRAWS = "keyed by (seed, step, sample)"  # checkpoint marker of the draw scheme (hdit.draws)
@@ -203,11 +209,8 @@ def _append_log(path: Path, row: dict) -> None:
 # ----------------------------------------------------------------------------- training
 
 def _setup_device(device: str | None, local_rank: int, world_size: int) -> torch.device:
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = rank_device(device, local_rank, world_size)  # checked; torchrun: cuda:LOCAL_RANK (hdit.devices)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError("--device cuda was requested but torch sees no CUDA device")
-        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")
     if world_size > 1 and not torch.distributed.is_initialized():
@@ -279,18 +282,23 @@ class Session:
 def _train(run: RunConfig, out, profile: str = "default", *, steps: int | None = None, resume: bool = False,
            data_path=None, device: str | None = None, seed: int | None = None, checkpoint_every: int | None = None,
            log_every: int = 10, workers: int | None = None, attn_backend: str = "auto", compile: bool = False,
-           progress: bool = True, grad_accum: int = 1, time_budget: float | None = None) -> dict:
+           progress: bool = True, grad_accum: int = 1, time_budget: float | None = None,
+           precision: str | None = None) -> dict:
     started = time.monotonic()
+    if precision is not None:  # before the session: the precision is part of the run's identity
+        run = replace(run, train=replace(run.train, precision=precision))
     s = _session(run, out, profile, steps, seed, device, checkpoint_every, data_path)
     s = replace(s, grad_accum=_check_accum(s, grad_accum), time_budget=time_budget, started=started)
     ckpt = _check_run_dir(s, resume)
     if ckpt is not None and ckpt["step"] >= s.run.train.steps and (s.out / "done.json").exists():
         if s.rank == 0:
+            rundir.restore_from_checkpoint(s.out, ckpt)  # a removed/damaged config.json or ema.pt
             print(f"{s.out}: already trained to step {ckpt['step']} (>= {s.run.train.steps}); nothing to do",
                   file=sys.stderr)
         return rundir.read_done(s.out)
     if ckpt is not None:
         _check_draws(ckpt, s.out)
+        rundir.check_resume_steps(s.out, ckpt["step"], s.run.train.steps)
     dataset, workers = _dataset(s, workers)
     state = _build(s, attn_backend, compile)
     start = _restore(state, ckpt) if ckpt is not None else (0, 0.0)
@@ -396,7 +404,8 @@ def _write_config(s: Session, state: TrainStep, attn_backend: str, compile: bool
         "time_budget_s": s.time_budget, "data_path": s.data_path or "",
         "checkpoint_every": s.checkpoint_every, "objective": state.objective.description,
         "ema": f"min({train.ema_decay}, 1 - (1 + t / {train.ema_warmup_gamma}) ** -{train.ema_warmup_power})",
-        "attn_backend": attn_backend, "compile": compile, "provenance": provenance(s.device)})
+        "attn_backend": attn_backend, "compile": compile, "precision": precision_label(state.amp),
+        "provenance": provenance(s.device)})
     _truncate_log(s.out / "log.csv", step)
 
 
@@ -438,6 +447,7 @@ class _Losses:
 
 def _save_checkpoint(s: Session, state: TrainStep, stream, step: int, elapsed: float) -> None:
     """Rank 0 writes; nothing in it is per rank (world_size records who wrote it, it binds no resume)."""
+    rundir.check_finite_weights(s.out, step, model=state.raw.state_dict(), ema=state.ema.state_dict())
     if s.rank == 0:
         # the sampling weights first (hdit.rundir): a kill between the two writes leaves ema.pt one checkpoint
         # ahead of the resume state, never behind it
@@ -462,8 +472,8 @@ def _loop(s: Session, state: TrainStep, stream, start: tuple[int, float], log_ev
             agreement = _StopAgreement(s.world_size, signals, s.time_budget, s.started)
             state.raw.train()
             while step < total:
-                x, labels = next(stream)
-                x, labels = x.to(s.device, non_blocking=True), labels.to(s.device, non_blocking=True)
+                x, labels = next(stream)  # uint8 NHWC, pinned on CUDA: converted to [-1, 1] NCHW on the device
+                x, labels = to_model_input(x.to(s.device, non_blocking=True)), labels.to(s.device, non_blocking=True)
                 losses.pending.append(state(x, labels, step))
                 lr, step = state.lr(step), step + 1
                 pbar.update(1)
@@ -498,16 +508,19 @@ def _finish(s: Session, session_start: int, step: int, elapsed0: float, seconds:
 
 
 def _wrap(raw, run: RunConfig, device, world_size: int, compile: bool, amp: dict):
-    """DDP and/or torch.compile around the model; one eager forward first caches attention masks."""
+    """DDP and/or torch.compile around the model. Before compiling, one eager forward builds the attention masks
+    (and FlexAttention block masks) outside the graph, which then only reads them; it runs in eval mode, so no
+    dropout draws from the global RNG and a compiled run's stream stays the eager run's."""
     model = raw
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[device] if device.type == "cuda" else None)
     if compile:
-        m = run.model
+        m, training = run.model, raw.training
         x = torch.zeros(1, m.in_channels, run.data.resolution, run.data.resolution, device=device)
         labels = torch.zeros(1, dtype=torch.long, device=device) if m.num_classes else None
         with torch.no_grad(), torch.autocast(**amp):
-            raw(x, torch.zeros(1, device=device), labels)
+            raw.eval()(x, torch.zeros(1, device=device), labels)
+        raw.train(training)
         model = torch.compile(model, dynamic=False)
     return model
 
@@ -520,8 +533,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--steps", type=int, default=None, help="total training steps (default: the profile's)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--data", default=None, help="dataset folder (imagenet/ffhq); not needed for shapes")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--data", default=None, help="dataset folder (imagenet/ffhq), or its split prepared by `hdit data "
+                                                "prepare`; not needed for shapes")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N (default: cuda if available; under torchrun each rank uses cuda:LOCAL_RANK)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default: the config's, 0)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints (default: steps/10, at most 10000)")
@@ -529,7 +544,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: 0 for shapes)")
     p.add_argument("--attn-backend", default="auto",
                    help="HDiT neighborhood attention kernel: auto | masked | natten | flex (hdit.model.attention)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (inductor; on a CPU too: C++ kernels, ~1 min of compilation)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="autocast of forward + loss (default: the config's, Table 6's bf16 = bf16 on CUDA, fp32 on a "
+                        "CPU; bf16-all: bf16 on a CPU too; fp32: none). Part of the run's identity")
     p.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches per rank and step (the batch stays the config's; not part of the run)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -553,12 +572,10 @@ def main(args) -> int:
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
         print(f"error: --time-budget {args.time_budget}; expected a positive number of seconds", file=sys.stderr)
         return 2
-    if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
-        print(f"error: --device {args.device!r}; expected cpu or cuda", file=sys.stderr)
-        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        rank_device(args.device, dist_env()[2], dist_env()[0])  # before the run dir is touched
         run = resolve(args.config, args.profile)
     except HarnessError as e:
         print(f"error: {error_text(e)}", file=sys.stderr)
@@ -567,7 +584,7 @@ def main(args) -> int:
                          device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
                          log_every=args.log_every, workers=args.workers, attn_backend=args.attn_backend,
                          compile=args.compile, progress=not args.no_progress, grad_accum=args.grad_accum,
-                         time_budget=args.time_budget)
+                         time_budget=args.time_budget, precision=args.precision)
 
 
 def train_command(run: RunConfig, out, profile: str, **kw) -> int:

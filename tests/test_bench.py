@@ -90,6 +90,8 @@ def test_quick_cpu_run_writes_records(tmp_path, one_thread):
                 ("sample", cid, 32, "sample_img_per_s"), ("scaling", cid, 64, "fwd_ms")} <= got
     assert {r["batch"] for r in recs if r["suite"] == "scaling" and r["resolution"] == 64} == {1}  # 2 * (32/64)^2
     assert all(r["steps"] == 3 for r in recs if r["suite"] == "sample")
+    na = {(r["model"], r["metric"]) for r in recs if r["suite"] == "na"}  # no FlexAttention backward on a CPU
+    assert na == {(k, "na_fwd_ms") for k in bench.NA_KERNELS} | {(k, "na_fwd_bwd_ms") for k in ("masked", "global")}
     paths = render_scaling([out], None, tmp_path / "scaling")
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
 

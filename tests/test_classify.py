@@ -9,6 +9,7 @@ import torch
 
 from hdit.cli import main as cli
 from hdit.data.shapes import render
+from hdit.integrity import write_set_record
 from hdit.io import save_npz
 from hdit.metrics import classify
 from hdit.metrics.classify import (ClassifierConfig, ClassifyError, class_accuracy, classifier_key, load_classifier,
@@ -31,10 +32,11 @@ def trained(cache):
     return model, info
 
 
-def write_shards(root, images, labels, per_shard=400):
+def write_shards(root, images, labels, per_shard=400, **meta):
     for k in range(0, len(images), per_shard):
         save_npz(root / f"shard-{k // per_shard:05d}.npz", images=images[k:k + per_shard],
                  labels=labels[k:k + per_shard].astype(np.int64))
+    write_set_record(root, meta, -(-len(images) // per_shard))  # meta.json with the shard list, written last
     return root
 
 
@@ -97,8 +99,8 @@ def test_wilson_interval():
 
 def test_cli_writes_the_record(trained, cache, tmp_path, capsys):
     images, labels = render(REAL[:100], 32, seed=0, split="train")
-    samples = write_shards(tmp_path / "s", images, labels, per_shard=64)
-    (samples / "meta.json").write_text(json.dumps({"config_id": "E", "n": 100, "steps": 25, "cfg_scale": 1.0}))
+    samples = write_shards(tmp_path / "s", images, labels, per_shard=64, config_id="E", n=100, steps=25,
+                           cfg_scale=1.0)
     out = tmp_path / "m" / "classacc.json"
     assert cli(["classify", "--samples", str(samples), "--out", str(out), "--cache-dir", str(cache)]) == 0
     r = json.loads(out.read_text())
@@ -124,9 +126,7 @@ def test_cli_bad_input(trained, cache, tmp_path, capsys, case, message):
     if case == "unconditional":
         labels = np.full(20, -1)
     if case not in ("missing", "empty"):
-        write_shards(d, images, labels)
-    if case == "incomplete":
-        (d / "meta.json").write_text(json.dumps({"n": 50}))
+        write_shards(d, images, labels, **({"n": 50} if case == "incomplete" else {}))
     target = tmp_path / "nope" if case == "missing" else d
     out = tmp_path / "out.json"
     args = ["classify", "--samples", str(target), "--out", str(out), "--cache-dir", str(cache), "--resolution", "32"]

@@ -28,7 +28,7 @@ from hdit.data import BatchStream, DataError
 from hdit.data.folders import imagenet, load_image
 from hdit.errors import error_text
 from hdit.imagefile import list_images
-from hdit.integrity import DamagedFileError, load_npz, read_record, write_record
+from hdit.integrity import DamagedFileError, load_npz, read_record, write_record, write_set_record
 from hdit.metrics import compute
 from hdit.metrics import reference as R
 from hdit.metrics.images import ImageSet, MetricsError, list_shards
@@ -165,7 +165,9 @@ def test_killed_sampling_write_is_never_read_and_is_removed_on_resume(run, tmp_p
                          "images=np.zeros((2, 32, 32, 3), np.uint8), labels=np.zeros(2, np.int64))", "shard-00001.npz")
     left = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert len(left) == 1 and left[0].startswith(".shard-00001.npz.")  # hidden, and not *.npz
-    assert len(ImageSet(out)) == 2 and [p.name for p in list_shards(out)] == ["shard-00000.npz"]
+    assert [p.name for p in list_shards(out)] == ["shard-00000.npz"]
+    with pytest.raises(DamagedFileError, match="1 shard\\(s\\) but no meta.json, so not a complete set"):
+        ImageSet(out)  # an unfinished set is no set (issue 25)
     with pytest.warns(UserWarning, match="removed 1 temporary file"):
         sample_run(run, out, n=4, steps=2, batch_size=2, progress=False)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")] and len(ImageSet(out)) == 4
@@ -242,7 +244,7 @@ def _flip_byte(path: Path, offset: int) -> None:
 
 @pytest.mark.parametrize("fault, message", [
     ("truncated", "ema.pt: its sha256 differs from the one recorded in ema.pt.sha256"),
-    ("truncated-no-checksum", "ema.pt: not a readable checkpoint (PytorchStreamReader failed"),
+    ("truncated-no-checksum", "ema.pt: has no checksum file ema.pt.sha256"),  # never trusted without (issue 25)
     ("empty", "ema.pt: empty file (0 bytes)"),
     ("flipped", "ema.pt: its sha256 differs"),
     ("config-corrupt", "config.json: not a readable JSON record"),
@@ -302,10 +304,16 @@ def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
+def shard_set(directory: Path, *images: np.ndarray) -> Path:
+    """A complete shard set as the writers leave it: one shard per array, then meta.json with the shard list."""
+    for k, batch in enumerate(images):
+        io.save_npz(directory / f"shard-{k:05d}.npz", images=batch, labels=np.zeros(len(batch), np.int64))
+    write_set_record(directory, {"n": sum(map(len, images))}, len(images))
+    return directory
+
+
 def test_damaged_shard_and_png_stop_fid_naming_the_file(tmp_path, capsys, monkeypatch):
-    samples, ref = tmp_path / "samples", tmp_path / "ref"
-    io.save_npz(samples / "shard-00000.npz", images=_images(4, 0), labels=np.zeros(4, np.int64))
-    io.save_npz(ref / "shard-00000.npz", images=_images(4, 1), labels=np.zeros(4, np.int64))
+    samples, ref = shard_set(tmp_path / "samples", _images(4, 0)), shard_set(tmp_path / "ref", _images(4, 1))
     shard = samples / "shard-00000.npz"
     _flip_byte(shard, shard.stat().st_size // 2)  # inside the image bytes: a bad CRC
     monkeypatch.setattr(compute, "load_inception", lambda device: PixelNet())
@@ -326,8 +334,7 @@ def test_damaged_shard_and_png_stop_fid_naming_the_file(tmp_path, capsys, monkey
 
 
 def test_foreign_npz_and_temporaries_in_a_sample_dir(tmp_path):
-    d = tmp_path / "s"
-    io.save_npz(d / "shard-00000.npz", images=_images(2, 0), labels=np.zeros(2, np.int64))
+    d = shard_set(tmp_path / "s", _images(2, 0))
     (d / ".shard-00001.npz.k2j4.tmp").write_bytes(b"half")  # a killed writer's temporary: skipped
     assert len(ImageSet(d)) == 2
     np.savez(d / "extra.npz", images=_images(3, 1))
@@ -336,9 +343,8 @@ def test_foreign_npz_and_temporaries_in_a_sample_dir(tmp_path):
 
 
 def test_damaged_cached_statistics_are_recomputed(tmp_path):
-    samples, ref, cache = tmp_path / "samples", tmp_path / "ref", tmp_path / "cache"
-    io.save_npz(samples / "shard-00000.npz", images=_images(6, 0), labels=np.zeros(6, np.int64))
-    io.save_npz(ref / "shard-00000.npz", images=_images(6, 1), labels=np.zeros(6, np.int64))
+    samples, ref, cache = shard_set(tmp_path / "samples", _images(6, 0)), shard_set(tmp_path / "ref", _images(6, 1)), \
+        tmp_path / "cache"
     kw = dict(net=PixelNet(), device="cpu", verbose=False, kid_subsets=2, cache_dir=cache)
     first = compute.compute_metrics(samples, ref, **kw)
     entry = Path(first["ref_stats_path"])

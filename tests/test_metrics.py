@@ -15,6 +15,7 @@ import torch
 
 from hdit import cli
 from hdit.data.shapes import render
+from hdit.integrity import write_set_record
 from hdit.io import save_npz
 from hdit.metrics import compute, refstats, scores
 from hdit.metrics.features import iter_features, open_images
@@ -27,6 +28,12 @@ from hdit.metrics.scores import (Moments, fid_label, frechet_distance, inception
 def write_shard(directory: Path, images: np.ndarray, labels: np.ndarray | None = None) -> Path:
     labels = np.zeros(len(images), np.int64) if labels is None else labels
     save_npz(directory / "shard-00000.npz", images=images, labels=labels)
+    return record_set(directory)
+
+
+def record_set(directory: Path) -> Path:
+    """meta.json with the shard list, as `hdit sample` writes it last (a reader takes exactly those shards)."""
+    write_set_record(directory, {}, len(list(directory.glob("shard-*.npz"))))
     return directory
 
 
@@ -188,6 +195,7 @@ def test_image_set_reads_shards_and_image_folders_alike(tmp_path):
     imgs = shapes(6)
     write_shard(tmp_path / "npz", imgs[:4])
     save_npz(tmp_path / "npz" / "shard-00001.npz", images=imgs[4:], labels=np.zeros(2, np.int64))
+    record_set(tmp_path / "npz")
     (tmp_path / "png" / "sub").mkdir(parents=True)
     for i, img in enumerate(imgs):
         Image.fromarray(img).save(tmp_path / "png" / "sub" / f"{i:03d}.png")
@@ -351,6 +359,7 @@ def test_first_n_of_a_set_scores_exactly_like_a_set_of_those_n(tmp_path, net):
     write_shard(big, imgs[4:])
     (big / "shard-00000.npz").rename(big / "shard-00001.npz")
     (big / "keep.npz").rename(big / "shard-00000.npz")
+    record_set(big)
     kw = dict(cache_dir=tmp_path / "cache", net=net, device="cpu", verbose=False, kid_subsets=5)
     part = compute.compute_metrics(big, ref, first=6, **kw)
     alone = compute.compute_metrics(write_shard(tmp_path / "six", imgs[:6]), ref, n=6, **kw)

@@ -3,7 +3,8 @@
 Every rule of `snakemake all` runs: the 16 training runs at their full paper size (ImageNet-128/256 class
 folders, FFHQ at 1024 px with augmentation), sampling with the paper's samplers, the ADM-protocol reference
 statistics over 1000 class folders, FID, Tables 1-5 and Figures 2, 8 and 9. Only the counts are shrunk.
-The dataset folders are generated with `hdit data synth` in the ImageNet / FFHQ layouts and formats.
+The dataset folders are generated with `hdit data synth` in the ImageNet / FFHQ layouts and formats, and
+prepared once per resolution (`hdit data prepare`) as in the paper profile.
 """
 import json
 import shutil
@@ -73,6 +74,22 @@ def test_reference_statistics_follow_the_adm_protocol(smoke):
         assert sel["n"] == 20 and sel["how"].startswith("seeded class-stratified") and sel["seed"] == 0
         stats = np.load(refs / f"imagenet-{res}.fid-stats.npz")
         assert stats["mu"].shape == (2048,) and np.isfinite(stats["sigma"]).all()
+
+
+@pytest.mark.slow
+def test_training_and_reference_statistics_read_the_prepared_splits(smoke):
+    """datasets.<name>.prepared (paper-smoke.yaml, as paper.yaml): each split is prepared once per resolution
+    (rule prepare_dataset) and every training run and reference set reads it, not the image folder."""
+    results, _ = smoke
+    for name, images in (("imagenet-128", 1000), ("imagenet-256", 1000), ("ffhq-1024", 6)):
+        manifest = json.loads((results / "prepared" / name / "manifest.json").read_text())
+        assert manifest["images"] == images and len(manifest["chunks"]) >= 1
+        ref = json.loads((results / "refs" / PROFILE / f"{name}.fid-stats.json").read_text())
+        assert ref["spec"]["data"] == f"results/prepared/{name}"
+    for run_name in ("E", "ffhq-1024"):
+        record = json.loads((results / "runs" / PROFILE / training_run(run_name, PROFILE) / "config.json").read_text())
+        assert record["data_path"] == f"results/prepared/{resolve(run_name, PROFILE).data.name}-" \
+                                      f"{resolve(run_name, PROFILE).data.resolution}"
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ from PIL import Image
 
 from hdit.cli import main as cli
 from hdit.data.subset import STRATIFIED, WHOLE_SPLIT, select_subset
-from hdit.integrity import DamagedFileError
+from hdit.integrity import DamagedFileError, write_set_record
+from hdit.io import save_npz
 from hdit.metrics import compute
 from hdit.metrics import reference as R
 from hdit.metrics.images import MetricsError
@@ -118,7 +119,8 @@ def test_fid_reads_a_statistics_file_and_refuses_another_mode(imagenet_folder, t
     samples = tmp_path / "samples"
     samples.mkdir()
     images = np.stack([np.full((16, 16, 3), class_colour(k), np.uint8) for k in range(0, 1000, 100)])
-    np.savez(samples / "shard-00000.npz", images=images, labels=np.arange(10))
+    save_npz(samples / "shard-00000.npz", images=images, labels=np.arange(10))
+    write_set_record(samples, {"n": 10}, 1)
     out = compute.compute_metrics(samples, path, n=10, net=ClassNet(), device="cpu", verbose=False, kid_subsets=2)
     assert out["ref_stats_key"] == s["meta"]["key"] and out["ref_n"] == 100 and np.isfinite(out["fid"])
     assert out["ref_selection"]["how"] == STRATIFIED

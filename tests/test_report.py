@@ -326,13 +326,17 @@ def test_annotated_metrics_keep_the_intervals(tmp_path):
     from hdit.report.annotate import annotate
 
     cfg = tables.resolve("E", "default").to_dict()
-    write_json(tmp_path / "run" / "config.json", {"config": cfg, "profile": "default", "seed": 0})
+    write_json(tmp_path / "run" / "config.json", {"config": cfg, "profile": "default", "seed": 0,
+                                                  "precision": "fp32", "compile": True})
     write_json(tmp_path / "run" / "done.json", {"step": cfg["train"]["steps"]})
-    write_json(tmp_path / "samples" / "meta.json", {"n": 200, "steps": 25, "cfg_scale": 1.0})
+    write_json(tmp_path / "samples" / "meta.json", {"n": 200, "steps": 25, "cfg_scale": 1.0, "compile": False,
+                                                    "precision": "fp32"})
     fid = {"fid": 50.0, "fid_ci95": [45.0, 56.0], "fid_bootstrap": {"resamples": 200}, "kid": 0.03,
            "kid_ci95": [0.02, 0.04], "kid_std": 0.005, "n": 200, "mode": "legacy_tensorflow"}
     m = annotate(fid, tmp_path / "samples", tmp_path / "run", "default")
     assert m["fid_ci95"] == [45.0, 56.0] and m["kid_ci95"] == [0.02, 0.04] and m["fid_bootstrap"]["resamples"] == 200
+    assert (m["train"]["precision"], m["train"]["compile"]) == ("fp32", True)  # issue 26: what ran, in provenance
+    assert (m["sample"]["precision"], m["sample"]["compile"]) == ("fp32", False)
     metrics = {**{r: fake_metrics(r, 60.0) for r in TABLE2_ROWS}, "skip-lerp": m}  # run E's JSON, checked current
     row = tables.table2(metrics, "default").df.set_index("row").loc["skip-lerp"]
     assert (row.fid_ci_lo, row.fid_ci_hi, row.kid_ci_hi) == (45.0, 56.0, 0.04)

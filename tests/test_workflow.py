@@ -45,6 +45,7 @@ def test_default_table1_dry_run_trains_all_ten_rows(tmp_path):
     for j in train:
         assert re.search(r"output: results/runs/default/[\w-]+/done\.json\n", j)
         assert "--resume" in j and "--profile default" in j and "OMP_NUM_THREADS=" in j
+        assert "--compile" not in j  # eager on one CPU thread (docs/PERFORMANCE.md, issue 26)
     fid = jobs(r.stdout, "fid")[0]
     n = get_profile("default").fid_samples
     mode = get_profile("default").fid_mode
@@ -131,8 +132,11 @@ def test_paper_profile_dry_run_has_gpu_resources(tmp_path):
         gpus = 8 if "run=imagenet-256" in j else 4
         assert f"gpu={gpus}," in j and f"python -m hdit.launch job --nnodes 1 --nproc-per-node {gpus} " in j
         assert "--device cuda" in j and "--profile paper" in j and "mpi=" not in j
+        assert "--compile" in j  # compile.train: true (issue 26); bf16 is the profile's precision
     (ffhq,) = jobs(r.stdout, "train_multinode")
     assert "gpu=64," in ffhq and "--nnodes 8 --nproc-per-node 8 " in ffhq and f"--data {tmp_path / 'ffhq'}" in ffhq
+    assert "--compile" in ffhq
+    assert all("--compile" in j for j in jobs(r.stdout, "sample"))
     assert all("gpu=1" in j for j in jobs(r.stdout, "fid"))
     # FID-50k on 50k samples; Table 3's FID-5k on the first 5k of the same set (no second sample set)
     assert any("--first 5000 " in j for j in jobs(r.stdout, "fid")) and any("--n 50000 " in j for j in jobs(r.stdout, "fid"))
@@ -166,6 +170,7 @@ def test_slurm_workflow_profile_dry_run(tmp_path):
     # a key missing from a --configfile is an error, never the CPU default of default.yaml
     ({"device": None}, "'device' is a required property"),
     ({"threads": None}, "'threads' is a required property"),
+    ({"compile": None}, "'compile' is a required property"),
     ({"results": ""}, "should be non-empty"),
 ])
 def test_paper_config_is_complete_on_its_own(tmp_path, change, message):

@@ -2,18 +2,24 @@
 
 Every dataset is map-style with `__len__`, `num_classes`, `resolution`, `get_uint8(indices)` ->
 (uint8 [N, H, W, 3], int64 [N]) and `get_batch(indices)` -> (float32 [N, 3, H, W] in [-1, 1], int64 [N]).
+ImageNet / FFHQ are read from their image folders (`hdit.data.folders`, decoding every time) or from a split
+prepared once by `hdit data prepare` (`hdit.data.prepared`, the same pixels); `--data` takes either.
+The training stream yields uint8 batches; the trainer moves them to the device and converts them there
+(`to_model_input`).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from hdit.data.base import to_model_input
 from hdit.data.folders import DataError, ffhq, imagenet
+from hdit.data.prepared import PreparedDataset, is_prepared
 from hdit.data.shapes import ShapesDataset
 
 DATASETS = ("shapes", "imagenet", "ffhq")
 
-__all__ = ["DATASETS", "BatchStream", "DataError", "build_dataset"]
+__all__ = ["DATASETS", "BatchStream", "DataError", "PreparedDataset", "build_dataset", "to_model_input"]
 
 
 def build_dataset(data_cfg, path=None, split: str = "train", seed: int = 0):
@@ -30,7 +36,20 @@ def build_dataset(data_cfg, path=None, split: str = "train", seed: int = 0):
         raise DataError(f"dataset {name!r} is read from disk: pass its folder with --data PATH "
                         + ("(ImageNet class-folder layout ROOT/<wnid>/*.JPEG)" if name == "imagenet"
                            else "(a folder of images)"))
+    if is_prepared(path):
+        return open_prepared(path, name, res, split)
     return imagenet(path, res, split) if name == "imagenet" else ffhq(path, res)
+
+
+def open_prepared(path, name: str, resolution: int, split: str = "train") -> PreparedDataset:
+    """A prepared split, which must be the dataset, resolution and split asked for."""
+    ds = PreparedDataset(path)
+    got, want = (ds.name, ds.resolution, ds.split), (name, resolution, split)
+    if got != want:
+        raise DataError(f"--data {str(path)!r} is {ds.name} prepared at {ds.resolution} px (split {ds.split!r}); "
+                        f"expected {name} at {resolution} px (split {split!r}): prepare that "
+                        f"(`hdit data prepare --dataset {name} --resolution {resolution} ...`) or pass its folder")
+    return ds
 
 
 class _Fetch(torch.utils.data.Dataset):
@@ -43,7 +62,8 @@ class _Fetch(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, indices):
-        return self.dataset.get_batch(indices)
+        images, labels = self.dataset.get_uint8(indices)
+        return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 class BatchStream:
@@ -53,13 +73,18 @@ class BatchStream:
     numpy's PCG64 seeded with (seed, epoch). Step k of rank r takes global positions
     k * B * world + r * B ... + B - 1 (B = per-rank batch), so a batch is a pure function of (seed, step,
     rank): resuming at a step reproduces the uninterrupted stream exactly.
+
+    A batch is (uint8 images [B, H, W, 3], int64 labels [B]) in pinned memory when CUDA is there (so that
+    `.to(device, non_blocking=True)` overlaps the copy); `to_model_input` makes the model's input of it on the
+    device. Augmentation happens later, on the device (`hdit.step`, FFHQ's non-leaking augmentation).
     """
 
     def __init__(self, dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_step: int = 0, num_workers: int = 0):
+                 start_step: int = 0, num_workers: int = 0, pin_memory: bool | None = None):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size, self.step = rank, world_size, start_step
         self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self._epoch, self._perm = None, None
         self._iter = None
 
@@ -91,12 +116,15 @@ class BatchStream:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.num_workers == 0:
-            batch = self.dataset.get_batch(self.keys(self.step))
+            images, labels = self.dataset.get_uint8(self.keys(self.step))
+            batch = torch.from_numpy(images), torch.from_numpy(labels)
+            if self.pin_memory:
+                batch = tuple(t.pin_memory() for t in batch)
         else:
             if self._iter is None:
                 loader = torch.utils.data.DataLoader(_Fetch(self.dataset), sampler=self._key_iter(self.step),
                                                      batch_size=None, num_workers=self.num_workers,
-                                                     pin_memory=torch.cuda.is_available(), persistent_workers=True,
+                                                     pin_memory=self.pin_memory, persistent_workers=True,
                                                      prefetch_factor=4)
                 self._iter = iter(loader)
             batch = next(self._iter)

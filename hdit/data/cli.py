@@ -1,4 +1,7 @@
-"""`hdit data export`: write dataset images as .npz shards in the sample format (a reference image set).
+"""`hdit data export | prepare | synth`. `prepare` (the training split preprocessed once for training and FID
+statistics) is `hdit.data.prepare`; `synth` (generated stand-in folders) is `hdit.data.synth`.
+
+`hdit data export`: write dataset images as .npz shards in the sample format (a reference image set).
 
     hdit data export --dataset imagenet --data /data/imagenet/train --resolution 128 --n 10000 --out DIR
 
@@ -8,7 +11,9 @@ classes. FID statistics need no export (`hdit refstats` streams the training spl
 is for looking at, sharing or re-scoring a fixed reference set.
 
 Shards are `shard-%05d.npz` (uint8 NHWC `images`, int64 `labels`) plus `meta.json` (settings, selection
-record), written atomically with their checksums (`hdit.integrity`). A rerun with the same settings completes
+record, every shard's name, count and checksum), written atomically with their checksums (`hdit.integrity`);
+meta.json is written last (`.export.json` holds the settings until then), so a stopped export is no set.
+A rerun with the same settings completes
 the missing shards; a rerun with other settings into the same folder is refused (never a mix of two exports).
 One process writes a folder at a time (`hdit.runlock`).
 """
@@ -24,7 +29,7 @@ from tqdm.auto import tqdm
 from hdit import io
 from hdit.configs import DataConfig
 from hdit.errors import error_text
-from hdit.integrity import read_record, write_record
+from hdit.integrity import read_record, write_record, write_set_record
 from hdit.provenance import provenance
 from hdit.runlock import RunLock
 
@@ -42,6 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset selection")
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--out", required=True)
+    q = sub.add_parser("prepare", help="the training split at the model's resolution, preprocessed once (ADM crop) "
+                                       "for `hdit train` / `hdit refstats --data DIR`; resumable")
+    q.add_argument("--dataset", required=True, help="imagenet | ffhq")
+    q.add_argument("--data", required=True, help="the dataset folder (imagenet: class sub-folders; ffhq: images)")
+    q.add_argument("--resolution", type=int, required=True, help="the model's resolution")
+    q.add_argument("--split", default="train")
+    q.add_argument("--out", required=True, help="the prepared folder to write (or finish, or verify)")
+    q.add_argument("--workers", type=int, default=None, help="processes (default: the cores this job may use)")
+    q.add_argument("--chunk-images", type=int, default=None, help="images per chunk (default: ~256 MiB of pixels)")
+    q.add_argument("--replace", action="store_true",
+                   help="--out holds a preparation of other settings or a changed source: delete it, prepare again")
+    q.add_argument("--quiet", action="store_true")
     s = sub.add_parser("synth", help="write generated ImageNet-/FFHQ-layout folders (offline paper-smoke runs)")
     s.add_argument("--layout", required=True, choices=("imagenet", "ffhq"))
     s.add_argument("--classes", type=int, default=1000, help="imagenet: class folders")
@@ -52,10 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True)
 
 
+PARTIAL = ".export.json"  # the settings of an unfinished export; meta.json (with its shard list) comes last
+
+
 def _check_previous(out: Path, meta: dict) -> None:
-    """An existing export in `out` must have been made with the same settings."""
-    path = out / "meta.json"
-    if not path.exists():
+    """An existing export in `out` (finished, or stopped: `.export.json`) must have been made with the same
+    settings."""
+    path = next((out / n for n in ("meta.json", PARTIAL) if (out / n).exists()), None)
+    if path is None:
         if any(out.glob("shard-*.npz")):
             raise ValueError(f"{out} holds shards but no meta.json (an export of unknown settings); "
                              "remove the folder or use another --out")
@@ -86,7 +107,7 @@ def export(dataset_name: str, resolution: int, n: int | None, out, split: str = 
     with RunLock(out, "hdit data export"):
         io.remove_stale_temporaries(out)
         _check_previous(out, meta)
-        write_record(out / "meta.json", {**meta, "provenance": provenance()})
+        write_record(out / PARTIAL, meta)
         starts = range(0, len(indices), shard_size)
         for k, start in enumerate(tqdm(starts, desc=f"export {dataset_name}", disable=not progress)):
             path = out / f"shard-{k:05d}.npz"
@@ -94,6 +115,7 @@ def export(dataset_name: str, resolution: int, n: int | None, out, split: str = 
                 continue
             images, labels = ds.get_uint8(indices[start:start + shard_size])
             io.save_npz(path, images=images, labels=labels.astype(np.int64))
+        write_set_record(out, {**meta, "provenance": provenance()}, len(starts))  # last: marks a complete export
     return out
 
 
@@ -105,6 +127,14 @@ def main(args) -> int:
             from hdit.data import synth
 
             return synth.main(args)
+        if args.action == "prepare":
+            from hdit.data.prepare import prepare
+
+            m = prepare(args.dataset, args.data, args.resolution, args.out, args.split, args.workers,
+                        args.chunk_images, args.replace, progress=not args.quiet)
+            print(f"{args.out}: {m['images']} images of {m['dataset']} at {m['resolution']} px in "
+                  f"{len(m['chunks'])} chunks ({m['bytes'] / 2 ** 30:.2f} GiB)")
+            return 0
         export(args.dataset, args.resolution, args.n, args.out, args.split, args.data, args.seed, args.shard_size)
     except (DataError, ValueError) as e:
         print(f"error: {error_text(e)}", file=sys.stderr)

@@ -3,9 +3,11 @@
 Preprocessing follows ADM / DiT's `center_crop_arr`: halve the image with a BOX filter while its short
 side is >= 2 * size, resize with BICUBIC so the short side equals `size`, centre-crop to size x size.
 Which files count and which images are accepted (mode, bit depth, size, no hidden files) follow the rules
-shared with the FID inputs (`hdit.imagefile`). Images become float32 CHW in [-1, 1]. Augmentation
-(horizontal flips only, off by default) is applied by the training batch stream (`hdit.data.BatchStream`),
-not here.
+shared with the FID inputs (`hdit.imagefile`). Images stay uint8 HWC here; the trainer converts its batch to
+float32 CHW in [-1, 1] on its device (`hdit.data.to_model_input`). Nothing is augmented here: FFHQ-1024's
+non-leaking augmentation (flips among its transforms) runs on the device in the training step (`hdit.step`,
+`hdit.data.augment`); the ImageNet rows train without flips. `hdit data prepare` stores `load_image`'s output
+for a whole split once (`hdit.data.prepare`).
 """
 from __future__ import annotations
 

@@ -155,9 +155,9 @@ def logsnr_cosine_interpolated(u: torch.Tensor, image_d: int, noise_d_low: int =
     """logSNR(u) = (1-u) * shifted_cos(u; 32) + u * shifted_cos(u; image_size) (HDiT Sec. 5.1, from simple
     diffusion's interpolated schedule).
 
-    Direction (the authors' k-diffusion code; docs/DIFFUSION.md): u = 0 is sigma_max, u = 1 is sigma_min, so
-    the 32-px-shifted schedule carries the weight (1-u) at HIGH noise and the image-size one at low noise.
-    Run the other way, the median is unchanged but the spread collapses and sigma(u) is no longer
+    Direction (the authors' k-diffusion code; docs/METHOD.md §3 gives the sigma(u) quantiles): u = 0 is
+    sigma_max, u = 1 is sigma_min, so the 32-px-shifted schedule carries the weight (1-u) at HIGH noise and the
+    image-size one at low noise. Run the other way, the median is unchanged but the spread collapses and sigma(u) is no longer
     monotonic above 512 px.
     """
     noise_d_high = noise_d_high or image_d

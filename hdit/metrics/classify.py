@@ -27,6 +27,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hdit.io import torch_save, write_json
+from hdit.integrity import DamagedFileError, check_set, load_npz, load_torch
+from hdit.io import WriteError, check_writable, torch_save, write_json
+from hdit.metrics.images import list_shards, shard_fix
 from hdit.provenance import provenance
 
 CODE_VERSION = 1  # bump when the network, its training or its evaluation changes what a key stands for
@@ -204,10 +207,13 @@ def load_classifier(cfg: ClassifierConfig = ClassifierConfig(), cache_dir=DEFAUL
     key = classifier_key(cfg)
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        model = ShapesCNN(cfg.widths, NUM_CLASSES)
-        model.load_state_dict(blob["state_dict"])
-        return model.eval(), {**blob["info"], "path": str(path), "cached": True}
+        try:  # a cache: damaged, or without its checksum, it is trained again
+            blob = load_torch(path, "it is trained again", ("state_dict", "info"))
+            model = ShapesCNN(cfg.widths, NUM_CLASSES)
+            model.load_state_dict(blob["state_dict"])
+            return model.eval(), {**blob["info"], "path": str(path), "cached": True}
+        except DamagedFileError as e:
+            warnings.warn(f"damaged cache entry: {e}", stacklevel=2)
     t0 = time.perf_counter()
     model = train_classifier(cfg, NUM_CLASSES, verbose=verbose)
     train_s = time.perf_counter() - t0
@@ -230,22 +236,17 @@ def load_samples(samples_dir) -> tuple[np.ndarray, np.ndarray, dict]:
     if not root.is_dir():
         raise ClassifyError(f"--samples {str(root)!r} is not a directory; expected a sample directory of "
                             "`hdit sample` (shard-*.npz)")
-    shards = sorted(root.glob("shard-*.npz"))
+    shards = list_shards(root)
     if not shards:
         raise ClassifyError(f"{root}: no shard-*.npz files; expected the output of `hdit sample`")
-    images, labels = [], []
-    for p in shards:
-        with np.load(p) as z:
-            if "images" not in z or "labels" not in z:
-                raise ClassifyError(f"{p}: expected arrays `images` and `labels`, found {sorted(z.files)}")
-            images.append(z["images"])
-            labels.append(z["labels"])
-    images, labels = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    meta = check_set(root, shards)  # exactly the shards its meta.json records
+    arrays = [load_npz(p, ("images", "labels"), shard_fix(p), "shard") for p in shards]
+    images = np.concatenate([a["images"] for a in arrays])
+    labels = np.concatenate([a["labels"] for a in arrays]).astype(np.int64)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) != len(labels):
         raise ClassifyError(f"{root}: images {images.shape} {images.dtype} with {len(labels)} labels; expected "
                             "uint8 [N, H, W, 3] and one label per image")
-    meta = json.loads((root / "meta.json").read_text()) if (root / "meta.json").is_file() else {}
-    if meta and meta.get("n") != len(images):
+    if meta.get("n", len(images)) != len(images):
         raise ClassifyError(f"{root}: meta.json says n={meta.get('n')} but the shards hold {len(images)} images "
                             "(an incomplete or mixed sample set)")
     return images, labels, {k: meta[k] for k in META_KEYS if k in meta}
@@ -299,6 +300,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        check_writable(args.out)  # before the work
         if args.resolution is not None and args.resolution < 4:
             raise ClassifyError(f"--resolution {args.resolution}; expected an integer >= 4")
         cfg = ClassifierConfig(resolution=args.resolution) if args.resolution else None
@@ -312,9 +314,14 @@ def main(args: argparse.Namespace) -> int:
             line = (f"class accuracy {result['accuracy']:.4f} [{lo:.3f}, {hi:.3f}] on {result['n']} samples "
                     f"(chance {result['chance']:.2f}; classifier test accuracy "
                     f"{result['classifier']['test_accuracy']:.4f})")
-    except ClassifyError as e:
+    except (ClassifyError, WriteError) as e:
         print(f"hdit classify: error: {e}", file=sys.stderr)
         return 2
-    write_json(args.out, result)
+    try:
+        write_json(args.out, result)
+    except WriteError as e:  # the finished result is not lost: it goes to stdout
+        print(json.dumps(result, indent=2, default=str))
+        print(f"hdit classify: error: {e}. The result is printed above (stdout) as JSON", file=sys.stderr)
+        return 2
     print(line)
     return 0

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from hdit.errors import error_text
-from hdit.io import write_json
+from hdit.io import WriteError, check_writable, write_json
 from hdit.metrics.compute import DEFAULT_MODE, compute_metrics
 from hdit.metrics.images import MetricsError
 from hdit.metrics.inception import MODES, ExtractorError
@@ -64,20 +64,25 @@ def _text(r: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.out is not None and args.out.is_dir():
-        print(f"hdit fid: error: --out {args.out} is a directory; expected the JSON file to write", file=sys.stderr)
-        return 2
     try:
+        if args.out is not None:
+            check_writable(args.out)  # before the work, not after it
         result = compute_metrics(args.samples, args.ref, n=args.n, first=args.first, mode=args.mode,
                                  inception_score=args.inception_score, device=args.device,
                                  cache_dir=args.cache_dir, batch_size=args.batch_size, workers=args.workers,
                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
                                  is_splits=args.is_splits, seed=args.seed, fid_resamples=args.fid_resamples,
                                  verbose=not args.quiet)
-    except (MetricsError, ExtractorError) as e:
+    except (MetricsError, ExtractorError, WriteError) as e:
         print(f"hdit fid: error: {error_text(e)}", file=sys.stderr)
         return 2
-    if args.out:
-        write_json(args.out, result)
+    try:
+        if args.out:
+            write_json(args.out, result)
+    except WriteError as e:  # the finished scores are not lost: the whole JSON object goes to stdout
+        print(json.dumps(result, indent=2, default=str))
+        print(f"hdit fid: error: {e}. The result is printed above (stdout) as JSON: save it from there",
+              file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2, default=str) if args.format == "json" else _text(result))
     return 0

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hdit.integrity import read_record
-from hdit.metrics.features import default_device, iter_features, open_images
+from hdit.devices import resolve_device
+from hdit.metrics.features import iter_features, open_images
 from hdit.metrics.images import MetricsError
 from hdit.metrics.inception import FEATURE_DIM, ExtractorError, InceptionNet, load_inception
 from hdit.metrics.reference import load_stats
@@ -23,10 +23,9 @@ from hdit.provenance import provenance
 DEFAULT_MODE = "legacy_tensorflow"
 
 
-def _samples_meta(samples_dir: Path) -> dict | None:
-    meta = samples_dir / "meta.json"
-    fix = "delete it and rerun the sampling job with the same settings (the shards are kept, meta.json is rewritten)"
-    return read_record(meta, fix) if meta.is_file() else None
+def _samples_meta(images) -> dict | None:
+    """The sample set's meta.json (checked with its shards when the set was opened), without the shard list."""
+    return None if images.record is None else {k: v for k, v in images.record.items() if k != "shards"}
 
 
 def _reference(ref, net, mode, cache_dir, device, batch_size, workers, seed, verbose) -> dict:
@@ -132,11 +131,11 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
     samples_dir = Path(samples_dir)
     if ref_dir is None and not inception_score:
         raise MetricsError("nothing to compute: give a reference directory (FID/KID) and/or inception_score=True")
+    device = str(resolve_device(device))
     all_images = open_images(samples_dir, mode)
     held, shape = len(all_images), all_images.shape
     images = _scored_images(all_images, samples_dir, n, first)
     count = len(images)
-    device = str(device or default_device())
     net = net or load_inception(device)
     is_unavailable = _is_unavailable(net, inception_score)
     inception_score = inception_score and is_unavailable is None
@@ -162,6 +161,6 @@ def compute_metrics(samples_dir, ref_dir=None, n: int | None = None, mode: str =
         result["is_splits"] = is_splits
     elif is_unavailable:
         result.update(is_mean=None, is_std=None, is_unavailable=is_unavailable)
-    result["samples_meta"] = _samples_meta(samples_dir)
+    result["samples_meta"] = _samples_meta(all_images)
     result["provenance"] = provenance(device)
     return result

@@ -3,7 +3,9 @@ int64 `labels`, see docs/ARCHITECTURE.md) or a directory of image files, and the
 
 Only the names the writers make are read: `shard-<digits>.npz` (`hdit sample`, `hdit data export`); any other
 visible .npz is an error, hidden files (the writers' temporaries) are skipped. Image files follow the rules
-shared with the training data (`hdit.imagefile`). Every shard's checksum is verified when it is read.
+shared with the training data (`hdit.imagefile`). A shard directory is a complete set or nothing: its meta.json
+must record exactly the shards found, with their checksums (`hdit.integrity.check_set`); every shard's checksum
+is verified when it is read.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 
 from hdit.errors import HarnessError
 from hdit.imagefile import IMAGE_EXTENSIONS, ImageFileError, is_hidden, list_images, read_rgb
-from hdit.integrity import NPZ_ERRORS, damaged, load_npz
+from hdit.integrity import NPZ_ERRORS, check_set, damaged, load_npz
 from hdit.io import write_text
 
 SHARD_NAME = re.compile(r"shard-\d{5,}\.npz")
@@ -79,7 +81,9 @@ class ImageSet(torch.utils.data.Dataset):
         if self.shards and self.images:
             raise MetricsError(f"{root}: holds both .npz shards and image files; expected one kind")
         self._cache: tuple[int, np.ndarray] | None = None
+        self.record = None
         if self.shards:
+            self.record = check_set(self.root, self.shards)  # exactly the shards its meta.json records
             self.counts = [self._shard_len(p) for p in self.shards]
             self.offsets = np.cumsum([0] + self.counts)
         if len(self) == 0:

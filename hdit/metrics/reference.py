@@ -5,7 +5,8 @@
 
 ADM compares samples against Inception statistics over the WHOLE training set, preprocessed exactly as
 for training (ImageNet: ADM centre crop at the model's resolution; FFHQ: all 70k images). So the images
-are streamed from the dataset itself (`hdit.data`), in batches, through the Inception network on the
+are streamed from the dataset itself (`hdit.data`: the image folder, or the same pixels from the split
+`hdit data prepare` made, which shares the folder's cache key), in batches, through the Inception network on the
 feature device, and only the moments (mu, the covariance) and a KID pool are kept: no exported copy of
 1.28M images. `n` asks for a subset instead: seeded and class-stratified (`hdit.data.subset`), recorded.
 
@@ -19,6 +20,9 @@ feature device, and only the moments (mu, the covariance) and a KID pool are kep
 - Integrity: one process computes a key at a time (`hdit.runlock`, lock `.<key>.lock`), removing the
   temporaries a killed one left; a damaged cache entry or partial file (unreadable, or not matching the
   checksum stored in it) is recomputed with a warning. A damaged `--ref` statistics file is an error naming it.
+- Output: `--out X.npz` and its JSON record `X.json` (so --out must end in .npz: the record never replaces the
+  statistics), both checked for writability before any work. If --out cannot be written the statistics stay in
+  the cache entry (the same command then copies them in seconds); if the cache cannot be written, --out is.
 """
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ import torch
 from tqdm.auto import tqdm
 
 from hdit.integrity import DamagedFileError, load_npz
+from hdit.devices import resolve_device
 from hdit.errors import error_text
-from hdit.io import remove_stale_temporaries, save_npz, write_json
+from hdit.io import WriteError, check_writable, remove_stale_temporaries, save_npz, write_json
 from hdit.metrics.images import MetricsError
 from hdit.metrics.inception import FEATURE_DIM, MODES, ExtractorError, InceptionNet, check_mode, clean_resizer
 from hdit.metrics.scores import Moments
@@ -178,7 +183,7 @@ def dataset_reference_stats(spec: ReferenceSpec, net: InceptionNet, mode: str, c
         cached = _cached(path)
         if cached is not None:
             return cached
-        device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = str(resolve_device(device))
         cuda = device.startswith("cuda")
         batch_size = batch_size or (128 if cuda else 32)
         workers = (0 if identity["dataset"] == "shapes" else 8 if cuda else 1) if workers is None else workers
@@ -193,9 +198,12 @@ def dataset_reference_stats(spec: ReferenceSpec, net: InceptionNet, mode: str, c
                 "provenance": provenance(device)}
         stats = {"mu": mu, "sigma": sigma, "kid_feats": np.concatenate(acc.pool).astype(np.float32), "n": meta["n"],
                  "meta": meta}
-        write_stats(path, stats)
+        try:
+            write_stats(path, stats)
+        except WriteError as e:  # --out may still be writable: the caller tries it, and reports both
+            return {**stats, "cached": False, "cache_path": None, "cache_error": str(e)}
         partial.unlink(missing_ok=True)
-    return {**stats, "cached": False}
+    return {**stats, "cached": False, "cache_path": str(path)}
 
 
 def _cached(path: Path) -> dict | None:
@@ -203,7 +211,7 @@ def _cached(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return {**load_stats(path, fix="it is deleted and recomputed"), "cached": True}
+        return {**load_stats(path, fix="it is deleted and recomputed"), "cached": True, "cache_path": str(path)}
     except (DamagedFileError, MetricsError) as e:
         warnings.warn(f"damaged cache entry: {e}", stacklevel=3)
         path.unlink(missing_ok=True)
@@ -241,7 +249,8 @@ def load_stats(path, fix: str = REFSTATS_FIX) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="shapes | imagenet | ffhq")
-    p.add_argument("--data", default=None, help="dataset folder (imagenet: class sub-folders; ffhq: images)")
+    p.add_argument("--data", default=None, help="dataset folder (imagenet: class sub-folders; ffhq: images), or "
+                                                "its split prepared at --resolution by `hdit data prepare`")
     p.add_argument("--resolution", type=int, required=True, help="crop resolution (the model's)")
     p.add_argument("--split", default="train")
     p.add_argument("--n", type=int, default=None,
@@ -257,6 +266,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _where_kept(stats: dict) -> str:
+    """What is left of a computation whose --out could not be written (nothing finished is lost silently)."""
+    if stats.get("cache_path"):
+        return (f"The finished statistics are kept in the cache entry {stats['cache_path']}: the same command copies "
+                "them from there in seconds once it can write")
+    return (f"The cache could not be written either ({stats.get('cache_error')}): the resumable partial sums of the "
+            "last checkpoint (--checkpoint-every) are kept in the cache directory, and the same command resumes "
+            "from them")
+
+
+def record_path(out: Path) -> Path:
+    """The JSON record written beside the statistics file `X.npz`: `X.json` (so --out must end in .npz: the
+    record can never replace the statistics)."""
+    if out.suffix != ".npz":
+        raise MetricsError(f"--out {out}: expected a statistics file name ending in .npz (its JSON record is "
+                           f"written beside it as {out.with_suffix('.json').name})")
+    return out.with_suffix(".json")
+
+
 def main(args) -> int:
     from hdit.data import DataError
     from hdit.metrics.inception import load_inception
@@ -267,20 +295,26 @@ def main(args) -> int:
             print(f"hdit refstats: error: --{name.replace('_', '-')} {v}; expected a positive integer",
                   file=sys.stderr)
             return 2
-    if args.out.is_dir():
-        print(f"hdit refstats: error: --out {args.out} is a directory; expected the statistics file to write "
-              "(e.g. imagenet-128.npz)", file=sys.stderr)
-        return 2
-    spec = ReferenceSpec(args.dataset, args.resolution, args.data, args.split, args.n, args.seed)
     try:
-        device = str(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        record = record_path(args.out)
+        for path in (args.out, record):
+            check_writable(path)  # before hours of work
+        spec = ReferenceSpec(args.dataset, args.resolution, args.data, args.split, args.n, args.seed)
+        device = str(resolve_device(args.device))
         stats = dataset_reference_stats(spec, load_inception(device), args.mode, args.cache_dir, device,
                                         args.batch_size, args.workers, args.checkpoint_every, not args.quiet)
     except (DataError, MetricsError, ExtractorError, ValueError) as e:
         print(f"hdit refstats: error: {error_text(e)}", file=sys.stderr)
         return 2
-    write_stats(args.out, stats)
-    write_json(args.out.with_suffix(".json"), {**stats["meta"], "cached": stats["cached"]})
+    try:
+        write_stats(args.out, stats)
+        write_json(record, {**stats["meta"], "cached": stats["cached"]})
+    except WriteError as e:
+        print(f"hdit refstats: error: {e}. {_where_kept(stats)}", file=sys.stderr)
+        return 2
+    if stats.get("cache_error"):
+        print(f"hdit refstats: warning: {stats['cache_error']}; the statistics were written to {args.out} only",
+              file=sys.stderr)
     sel = stats["meta"]["selection"]
     print(f"{args.out}: {stats['n']} images ({sel['how']}), key {stats['meta']['key']}"
           f"{' (from the cache)' if stats['cached'] else ''}")

@@ -1,6 +1,7 @@
 """Reference statistics (mu, sigma and a KID feature pool) of a reference image set, computed once and
 cached atomically under `cache_dir`, keyed by content hash + resolution + mode + extractor sha256.
-A damaged cache entry (unreadable, or not matching its checksum) is recomputed, with a warning."""
+A damaged cache entry (unreadable, or not matching its checksum) is recomputed, with a warning; one that cannot be
+written (no space, ...) is skipped with a warning."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from hdit.integrity import DamagedFileError, load_npz
-from hdit.io import save_npz
+from hdit.io import WriteError, save_npz
 from hdit.metrics.features import iter_features, open_images
 from hdit.metrics.images import MetricsError, content_hash
 from hdit.metrics.inception import FEATURE_DIM, InceptionNet
@@ -60,5 +61,8 @@ def reference_stats(ref_dir, net: InceptionNet, mode: str, cache_dir=DEFAULT_CAC
     mu, sigma = moments.mean_cov()
     kid_feats = np.concatenate(pool).astype(np.float32)
     meta = json.dumps({**info, "ref_dir": str(ref_dir), "n": n, "mode": mode, "extractor_sha256": net.sha256})
-    save_npz(path, mu=mu, sigma=sigma, kid_feats=kid_feats, n=np.int64(n), meta=np.array(meta))
+    try:
+        save_npz(path, mu=mu, sigma=sigma, kid_feats=kid_feats, n=np.int64(n), meta=np.array(meta))
+    except WriteError as e:  # only a cache: the statistics are used now and computed again next time
+        warnings.warn(f"the reference statistics are not cached: {e}", stacklevel=2)
     return {**info, "mu": mu, "sigma": sigma, "kid_feats": kid_feats, "n": n, "cached": False}

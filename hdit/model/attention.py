@@ -47,6 +47,22 @@ def global_attention(q, k, v):
     return _from_seq(F.scaled_dot_product_attention(_to_seq(q), _to_seq(k), _to_seq(v), scale=1.0), h, w)
 
 
+def _mask_cache(build):
+    """Cache of a mask builder keyed by its arguments (grid, kernel/window, device: a handful per model). A plain
+    dict rather than functools.lru_cache: torch.compile traces through lru_cache and would rebuild the N x N mask
+    inside the graph on every call, while a hit in a dict is read as a constant of the graph."""
+    cache: dict[tuple, torch.Tensor] = {}
+
+    @functools.wraps(build)
+    def cached(*args):
+        if args not in cache:
+            cache[args] = build(*args)
+        return cache[args]
+
+    cached.cache_clear = cache.clear
+    return cached
+
+
 # --- neighborhood attention ------------------------------------------------------------------
 
 def _window_starts(n: int, kernel_size: int, device) -> torch.Tensor:
@@ -54,7 +70,7 @@ def _window_starts(n: int, kernel_size: int, device) -> torch.Tensor:
     return (torch.arange(n, device=device) - kernel_size // 2).clamp(0, n - kernel_size)
 
 
-@functools.lru_cache(maxsize=64)
+@_mask_cache
 def neighborhood_mask(h: int, w: int, kernel_size: int, device: torch.device) -> torch.Tensor:
     """[h*w, h*w] bool, True where key j lies in query i's k x k neighborhood. Cached per (h, w, k, device)."""
     def axis(n):  # [query, key]
@@ -87,7 +103,7 @@ def _halo_axis_mask(n: int, tile: int, kernel_size: int, device) -> torch.Tensor
     return (key[:, None, :] >= start[:, :, None]) & (key[:, None, :] < start[:, :, None] + kernel_size)
 
 
-@functools.lru_cache(maxsize=64)
+@_mask_cache
 def tiled_mask(h: int, w: int, tile: int, kernel_size: int, device: torch.device) -> torch.Tensor:
     """[tiles_h * tiles_w, 1, tile^2, halo^2] bool: each query sees exactly its k x k window inside the halo."""
     with torch.inference_mode(False):  # a mask cached while sampling must be usable in training
@@ -196,7 +212,7 @@ def neighborhood_attention(q, k, v, kernel_size: int, backend: str = "auto"):
 
 # --- shifted-window attention (ablation B1) -------------------------------------------------
 
-@functools.lru_cache(maxsize=64)
+@_mask_cache
 def swin_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """[h/w * w/w windows, 1, window^2, window^2] bool for the cyclically shifted grid: tokens attend only
     within their region (Swin: slices [0, n - window), [n - window, n - shift), [n - shift, n) per axis)."""

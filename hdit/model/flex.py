@@ -168,6 +168,8 @@ def _attend(q, k, v, block_mask: BlockMask):
     q, k = q.to(v.dtype), k.to(v.dtype)
     q, k, v = (t.reshape(B, H * W, nh, d).transpose(1, 2) for t in (q, k, v))  # [B, heads, N, d]
     if q.device.type == "cpu":
+        # inductor's CPU flex template (torch 2.14.1) fails to lower strided views ("too many values to unpack")
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             raise NotImplementedError("FlexAttention has no CPU backward in PyTorch; train on CPU with "
                                       "the 'masked' attention backend (backend='flex' is for CUDA training)")

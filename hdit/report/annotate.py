@@ -2,8 +2,9 @@
 
 `hdit fid` writes the scores (fid and kid with their 95% intervals, IS, n, mode, extractor hash); this adds what produced the
 samples: the training run (config ID, rows sharing it, profile, steps, batch, seed, params, wall time,
-device), the sampler (sampler, steps, CFG scale, seed, n, device), versions, and the resolved config,
-read from the run directory (config.json, done.json) and the sample directory's meta.json.
+device), the sampler (sampler, steps, CFG scale, seed, n, device), for both the precision that ran and whether
+the model was compiled, versions, and the resolved config, read from the run directory (config.json, done.json)
+and the sample directory's meta.json.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from hdit.report.runs import rows_of_run
 from hdit.report.tables import scale
 
 SAMPLE_KEYS = ("sampler", "steps", "cfg_scale", "seed", "n", "eta", "rho", "batch_size", "weights",
-               "checkpoint_step")
+               "checkpoint_step", "precision", "compile")
 SCORE_KEYS = ("fid", "fid_ci95", "fid_bootstrap", "kid", "kid_ci95", "kid_interval", "kid_std",
               "is_mean", "is_std", "is_unavailable",
               "n", "label", "extractor_sha256", "ref_n", "ref_content_sha256")
@@ -66,7 +67,9 @@ def annotate(fid: dict, sample_dir: str | Path, run_dir: str | Path, profile: st
         "train": {"steps": done["step"], "batch_size": t["batch_size"], "seed": config_json.get("seed", t["seed"]),
                   "lr": t["lr"], "weighting": t["weighting"], "gamma": t["gamma"], "objective": t["objective"],
                   "params": done.get("params") or count_params(resolved), "world_size": done.get("world_size"),
-                  "wall_time_s": done.get("wall_time_s"), "device": _device(done)},
+                  "wall_time_s": done.get("wall_time_s"), "device": _device(done),
+                  # what ran (bf16-autocast | fp32) and whether it was compiled; None in runs recorded before both
+                  "precision": config_json.get("precision"), "compile": config_json.get("compile")},
         "sample": {**{k: meta.get(k) for k in SAMPLE_KEYS}, "device": _device(meta)},
         "fid_device": _device(fid),
         "versions": versions(),

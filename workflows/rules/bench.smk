@@ -13,7 +13,7 @@ rule bench:
         gpu=1,
     run:
         out = f"{BENCH_DIR}/{present_gpu()}.json"
-        shell("hdit bench --device cuda --out {out} > {log} 2>&1")
+        shell("hdit bench --device cuda --out {out:q} > {log:q} 2>&1")
 
 
 rule bench_gpu:
@@ -29,7 +29,7 @@ rule bench_gpu:
         if present_gpu() != wildcards.gpu:
             raise WorkflowError(f"{output[0]} is the benchmark of GPU {wildcards.gpu!r}; this machine has "
                                 f"{present_gpu()!r}")
-        shell("hdit bench --device cuda --out {output} > {log} 2>&1")
+        shell("hdit bench --device cuda --out {output:q} > {log:q} 2>&1")
 
 
 rule bench_cpu_quick:
@@ -40,7 +40,7 @@ rule bench_cpu_quick:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit bench --device cpu --quick --threads 1 --out {output} > {log} 2>&1"
+        "hdit bench --device cpu --quick --threads 1 --out {output:q} > {log:q} 2>&1"
 
 
 localrules:

@@ -9,12 +9,13 @@ import glob
 import itertools
 import os
 import re
+import shlex
 
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
-from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE_DIFFIT_ROWS, ConfigError
+from hdit.configs import REGISTRY, TABLE1_ROWS, TABLE_DIFFIT_ROWS, ConfigError, DataConfig
 from hdit.profiles import get_profile, resolve
 from hdit.report.runs import training_run
 from hdit.report.specs import FFHQ, IMAGENET256, NO_CFG, TABLE_SPECS, Scored, drawn_count
@@ -60,6 +61,9 @@ RAW_METRICS = f"{RES}/metrics/{P}/{{run}}/raw/seed{{seed}}-cfg{{cfg}}-fid{{n}}{{
 # class accuracy of a conditional sample set on the embedded shapes data (`hdit classify`, issue 13)
 CLASSACC = f"{RES}/metrics/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-n{{n}}.classacc.json"
 REF_STATS = f"{RES}/refs/{P}/{{dataset}}-{{resolution}}.fid-stats.npz"
+# a training split preprocessed once at a resolution (`hdit data prepare`, datasets.<name>.prepared; data.smk):
+# shared by every profile, since it depends on the source folder and the resolution alone
+PREPARED = f"{RES}/prepared/{{dataset}}-{{resolution}}"
 STATS_CACHE = f"{RES}/cache/fid-stats"
 # class accuracy of a conditional sample set on the embedded shapes data (hdit classify), beside its FID JSON
 CLASSACC = f"{RES}/metrics/{P}/{{run}}/seed{{seed}}-cfg{{cfg}}-n{{n}}.classacc.json"
@@ -189,7 +193,7 @@ def launcher(wildcards, threads, resources):
     nnodes, nproc = launch_shape(wildcards.run)
     return (f"python -m hdit.launch job --nnodes {nnodes} --nproc-per-node {nproc} --threads {threads} "
             f"--cpus-per-node {resources.cpus_per_task} --gpus-per-node {gpus_per_node(wildcards.run)} "
-            f"--stop-margin {config['training_jobs']['stop_margin_s']} --log-dir {LOGS}/train/{wildcards.run}.jobs")
+            f"--stop-margin {config['training_jobs']['stop_margin_s']} --log-dir {shlex.quote(f'{LOGS}/train/{wildcards.run}.jobs')}")
 
 
 def dataset_setting(name, key):
@@ -234,6 +238,32 @@ def dataset_check(name_of):
     return check
 
 
+def is_prepared(name):
+    """datasets.<name>.prepared: training and reference statistics read the split prepared once (data.smk)."""
+    on = bool(dataset_setting(name, "prepared"))
+    if on and name == "shapes":
+        raise WorkflowError("config 'datasets.shapes.prepared' is true; the embedded 'shapes' data is generated "
+                            "on the fly and cannot be prepared: expected false or no key")
+    return on
+
+
+def training_data(name, resolution):
+    """The --data folder of a job reading dataset `name` at `resolution`: its prepared split when the config
+    says so, else the raw folder (checked at DAG build), None for shapes."""
+    path = checked_dataset_path(name)
+    return PREPARED.format(dataset=name, resolution=resolution) if path and is_prepared(name) else path
+
+
+def dataset_input(data_of):
+    """An input function: the dataset folder checked at DAG build (`dataset_check`) and, for a prepared
+    dataset, the prepared split's manifest (so `prepare_dataset` runs first). `data_of(wildcards)` -> DataConfig."""
+    def inputs(wildcards):
+        d = data_of(wildcards)
+        path, prepared = checked_dataset_path(d.name), is_prepared(d.name)
+        return [os.path.join(training_data(d.name, d.resolution), "manifest.json")] if path and prepared else []
+    return inputs
+
+
 def metrics_file(config_id, n=None, cfg=NO_CFG, inception=False):
     """The annotated metrics JSON of a paper row (through the training run it shares)."""
     return METRICS.format(run=training_run(config_id, P), seed=SEED, cfg=float(cfg),
@@ -255,8 +285,8 @@ def scored_classacc(s: Scored):
 
 
 def pairs(mapping):
-    """`KEY=PATH ...` for `hdit report`."""
-    return " ".join(f"{k}={v}" for k, v in mapping.items())
+    """`KEY=PATH ...` for `hdit report`, each shell-quoted (a path may hold spaces)."""
+    return " ".join(shlex.quote(f"{k}={v}") for k, v in mapping.items())
 
 
 def fig9_metrics():
@@ -293,9 +323,9 @@ def reported(path, caption, category, subcategory=None):
 # ------------------------------------------------------------------ input functions and params
 def reference_source(wildcards):
     """`--data PATH [--n N]`: the training split (ADM: all of it) or the configured / profile's subset size."""
-    path = checked_dataset_path(wildcards.dataset)
+    path = training_data(wildcards.dataset, wildcards.resolution)
     n = dataset_setting(wildcards.dataset, "reference_n") or PROFILE.reference_n
-    return " ".join(([f"--data {path}"] if path else []) + ([f"--n {n}"] if n else []))
+    return " ".join(([f"--data {shlex.quote(path)}"] if path else []) + ([f"--n {n}"] if n else []))
 
 
 def reference_stats_of(wildcards):
@@ -304,8 +334,9 @@ def reference_stats_of(wildcards):
 
 
 def data_path(wildcards):
-    path = checked_dataset_path(resolved(wildcards.run).data.name)
-    return f"--data {path}" if path else ""
+    d = resolved(wildcards.run).data
+    path = training_data(d.name, d.resolution)
+    return f"--data {shlex.quote(path)}" if path else ""
 
 
 def samples_of(wildcards):
@@ -362,7 +393,7 @@ def data_option_of(spec):
     """`--data PATH` of the grid's reference dataset (none for the embedded shapes), checked at DAG build."""
     def option(wildcards):
         path = checked_dataset_path(resolved(_grid_config(spec)).data.name)
-        return f"--data {path}" if path else ""
+        return f"--data {shlex.quote(path)}" if path else ""
     return option
 
 

@@ -6,7 +6,7 @@
 
 rule reference_stats:
     input:
-        dataset=dataset_check(lambda wc: wc.dataset),
+        dataset=dataset_input(lambda wc: DataConfig(wc.dataset, int(wc.resolution))),
     output:
         REF_STATS,
     params:
@@ -26,7 +26,7 @@ rule reference_stats:
     shell:
         "OMP_NUM_THREADS={threads} hdit refstats --dataset {wildcards.dataset} {params.source} "
         "--resolution {wildcards.resolution} --mode {params.mode} --device {params.device} "
-        "--cache-dir {params.cache} --out {output} > {log} 2>&1"
+        "--cache-dir {params.cache:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule fid:
@@ -51,8 +51,8 @@ rule fid:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} hdit fid --samples {params.samples} --ref {input.stats} {params.n_flag} "
-        "{params.inception} --mode {params.mode} --device {params.device} --format json --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} hdit fid --samples {params.samples:q} --ref {input.stats:q} {params.n_flag} "
+        "{params.inception} --mode {params.mode} --device {params.device} --format json --out {output:q} > {log:q} 2>&1"
 
 
 rule annotate_metrics:
@@ -71,8 +71,8 @@ rule annotate_metrics:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit report metrics --fid {input.fid} --samples {params.samples} --run {params.run_dir} "
-        "--profile {params.profile} --out {output} > {log} 2>&1"
+        "hdit report metrics --fid {input.fid:q} --samples {params.samples:q} --run {params.run_dir:q} "
+        "--profile {params.profile} --out {output:q} > {log:q} 2>&1"
 
 
 # Class accuracy (default profile, class-conditional runs on the embedded shapes data): a small CNN trained once
@@ -93,8 +93,8 @@ rule classifier:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} hdit classify --fit --resolution {wildcards.resolution} --cache-dir {params.cache} "
-        "--out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} hdit classify --fit --resolution {wildcards.resolution} "
+        "--cache-dir {params.cache:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule class_accuracy:
@@ -114,5 +114,5 @@ rule class_accuracy:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} hdit classify --samples {params.samples} --cache-dir {params.cache} "
-        "--out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} hdit classify --samples {params.samples:q} --cache-dir {params.cache:q} "
+        "--out {output:q} > {log:q} 2>&1"

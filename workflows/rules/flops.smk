@@ -18,4 +18,4 @@ rule count_flops:
         "../envs/hdit.yaml"
     shell:
         "OMP_NUM_THREADS={threads} hdit flops --configs {params.configs} --resolutions {params.resolutions} "
-        "--profile {params.profile} --format json --out {output} > {log} 2>&1"
+        "--profile {params.profile} --format json --out {output:q} > {log:q} 2>&1"

@@ -26,7 +26,8 @@ for _spec in TABLE_SPECS.values():
             scale=table_scale(PROFILE, _spec.number),
             profile=P,
             metrics=pairs({k: scored_metrics(s) for k, s in _scored.items()}),
-            flops=("--flops " + " ".join(FLOPS.format(name=f) for f in _spec.flops)) if _spec.flops else "",
+            flops=("--flops " + " ".join(map(shlex.quote, (FLOPS.format(name=f) for f in _spec.flops))))
+            if _spec.flops else "",
             class_acc=pairs({k: scored_classacc(s) for k, s in _scored.items()
                              if has_class_accuracy(s.config, PROFILE)}),
         log:
@@ -35,7 +36,7 @@ for _spec in TABLE_SPECS.values():
             "../envs/hdit.yaml"
         shell:
             "hdit report table {params.number} --profile {params.profile} --metrics {params.metrics} {params.flops} "
-            "--class-acc {params.class_acc} --out {output} > {log} 2>&1"
+            "--class-acc {params.class_acc} --out {output:q} > {log:q} 2>&1"
 
     rule:
         name:
@@ -59,7 +60,7 @@ for _spec in TABLE_SPECS.values():
             "../envs/hdit.yaml"
         shell:
             "hdit report grid {params.number} --profile {params.profile} --samples {params.samples} {params.data} "
-            "--out {output} > {log} 2>&1"
+            "--out {output:q} > {log:q} 2>&1"
 
     rule:
         name:
@@ -81,8 +82,8 @@ for _spec in TABLE_SPECS.values():
         conda:
             "../envs/hdit.yaml"
         shell:
-            "hdit report curves {params.number} --profile {params.profile} --logs {params.logs} --out {output} "
-            "> {log} 2>&1"
+            "hdit report curves {params.number} --profile {params.profile} --logs {params.logs} --out {output:q} "
+            "> {log:q} 2>&1"
 
 
 rule fig2_files:
@@ -98,7 +99,7 @@ rule fig2_files:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit report figure fig2 --flops {input} --out {output} > {log} 2>&1"
+        "hdit report figure fig2 --flops {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule fig8_files:
@@ -113,7 +114,7 @@ rule fig8_files:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit report figure fig8 --gamma {params.gamma} --out {output} > {log} 2>&1"
+        "hdit report figure fig8 --gamma {params.gamma} --out {output:q} > {log:q} 2>&1"
 
 
 rule fig9_files:
@@ -130,7 +131,7 @@ rule fig9_files:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit report figure fig9 --metrics {input} --out {output} > {log} 2>&1"
+        "hdit report figure fig9 --metrics {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule scaling_files:
@@ -146,4 +147,5 @@ rule scaling_files:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "hdit report figure scaling --bench {input.bench} --flops-csv {input.flops_csv} --out {output} > {log} 2>&1"
+        "hdit report figure scaling --bench {input.bench:q} --flops-csv {input.flops_csv:q} --out {output:q} "
+        "> {log:q} 2>&1"

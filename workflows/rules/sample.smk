@@ -11,6 +11,7 @@ rule sample:
         run_dir=lambda wc, input: os.path.dirname(input[0]),
         out=lambda wc, output: os.path.dirname(output[0]),
         device=config["device"],
+        compile="--compile" if config["compile"]["sample"] else "",
     threads: config["threads"]["sample"]
     # Guided sampling runs two forwards per step (cond + uncond): start those longer jobs first, so the
     # short ones fill the gaps at the end (longest-processing-time-first packing of Figure 9's sweep).
@@ -24,5 +25,6 @@ rule sample:
     conda:
         "../envs/hdit.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} hdit sample --run {params.run_dir} --n {wildcards.n} --seed {wildcards.seed} "
-        "--cfg-scale {wildcards.cfg} --steps {wildcards.steps} --out {params.out} --device {params.device} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} hdit sample --run {params.run_dir:q} --n {wildcards.n} --seed {wildcards.seed} "
+        "--cfg-scale {wildcards.cfg} --steps {wildcards.steps} --out {params.out:q} --device {params.device} {params.compile} "
+        "> {log:q} 2>&1"

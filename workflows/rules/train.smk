@@ -13,7 +13,7 @@ for _run, _k in config.get("train_grad_accum", {}).items():
 
 rule train:
     input:
-        dataset=dataset_check(lambda wc: resolved(wc.run).data.name),
+        dataset=dataset_input(lambda wc: resolved(wc.run).data),
     output:
         f"{RUN_DIR}/done.json",
     wildcard_constraints:
@@ -26,6 +26,7 @@ rule train:
         device=config["device"],
         grad_accum=lambda wc: config.get("train_grad_accum", {}).get(wc.run, 1),
         signature=training_signature,
+        compile="--compile" if config["compile"]["train"] else "",
     threads: train_threads
     resources:
         **train_resources(multinode=False),
@@ -38,8 +39,8 @@ rule train:
         "../envs/hdit.yaml"
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} --attempt {resources.attempt} -- "
-        "train --config {wildcards.run} --profile {params.profile} --out {params.run_dir} --resume "
-        "--device {params.device} --grad-accum {params.grad_accum} {params.data} > {log} 2>&1"
+        "train --config {wildcards.run} --profile {params.profile} --out {params.run_dir:q} --resume "
+        "--device {params.device} --grad-accum {params.grad_accum} {params.compile} {params.data} > {log:q} 2>&1"
 
 
 use rule train as train_multinode with:
