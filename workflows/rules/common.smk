@@ -191,9 +191,10 @@ def launcher(wildcards, threads, resources):
     """`python -m hdit.launch job ...` for this run: one process runs `hdit train` itself, one node torchrun
     --standalone, several nodes one torchrun per node under the job's own srun (hdit/launch.py)."""
     nnodes, nproc = launch_shape(wildcards.run)
+    log_dir = shlex.quote(f"{LOGS}/train/{wildcards.run}.jobs")  # per-job logs: a retry removes the rule's log
     return (f"python -m hdit.launch job --nnodes {nnodes} --nproc-per-node {nproc} --threads {threads} "
             f"--cpus-per-node {resources.cpus_per_task} --gpus-per-node {gpus_per_node(wildcards.run)} "
-            f"--stop-margin {config['training_jobs']['stop_margin_s']} --log-dir {shlex.quote(f'{LOGS}/train/{wildcards.run}.jobs')}")
+            f"--stop-margin {config['training_jobs']['stop_margin_s']} --log-dir {log_dir}")
 
 
 def dataset_setting(name, key):
