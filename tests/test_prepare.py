@@ -84,6 +84,15 @@ def test_prepared_pixels_are_load_image_bit_for_bit(source, prepared):
     assert ds.identity() == raw.identity() and np.array_equal(ds.labels(), raw.labels())
 
 
+def test_trainer_reads_a_prepared_split_with_one_worker(source, prepared):
+    """A prepared split is a memmap read: one loader worker by default, not the raw folders' decoding pool."""
+    from hdit.data.shapes import ShapesDataset
+    from hdit.train import default_workers
+
+    assert default_workers(PreparedDataset(prepared)) == 1 and default_workers(ShapesDataset(16, split="train")) == 0
+    assert default_workers(imagenet(source, RES)) == min(8, os.cpu_count() or 1)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_trainer_batches_from_prepared_equal_raw(source, prepared, workers):
     """BatchStream yields uint8 NHWC; the trainer's float batch (to_model_input) is the same from either."""
