@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from hdit.data.shapes import ShapesDataset, scene_labels
+from hdit.integrity import DamagedFileError, write_set_record
 from hdit.io import save_npz, write_text
 from hdit.report import curves, grids
 
@@ -21,6 +22,7 @@ def sample_dir(path, labels, size=8, shard=5):
     images = np.stack([np.full((size, size, 3), i + 1, np.uint8) for i in range(len(labels))])
     for k in range(0, len(labels), shard):
         save_npz(path / f"shard-{k // shard:05d}.npz", images=images[k:k + shard], labels=labels[k:k + shard])
+    write_set_record(path, {"n": len(labels)}, -(-len(labels) // shard))  # the set's record, written last
     return path
 
 
@@ -33,6 +35,17 @@ def two_sets(tmp_path):
     a = sample_dir(tmp_path / "a", [3, 1, 1, 0, 3, 2, 0, 1, 3, 3, 0, 2])  # classes 0..3; 2 has two samples
     b = sample_dir(tmp_path / "b", [1, 0, 0, 1, 2, 3, 3, 0, 1, 2, 5, 5])  # class 5 only here
     return {"R1": a, "E": b}
+
+
+def test_an_incomplete_set_is_refused_by_name(tmp_path):
+    """A killed sampler's directory (shards, no meta.json) or a set missing a shard is never drawn into a grid."""
+    path = sample_dir(tmp_path / "s", [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2], shard=4)
+    (path / "shard-00001.npz").unlink()
+    with pytest.raises(DamagedFileError, match=r"1 of the 3 shards meta.json records are missing \(shard-00001.npz\)"):
+        grids.SampleSet.open(path)
+    (path / "meta.json").unlink()
+    with pytest.raises(DamagedFileError, match="no meta.json, so not a complete set"):
+        grids.SampleSet.open(path)
 
 
 def test_classes_are_common_ascending_and_have_enough_samples(two_sets, tmp_path):

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hdit.integrity import check_set
+
 UNCONDITIONAL = -1  # the label `hdit sample` stores for samples of an unconditional model
 
 
@@ -37,6 +39,7 @@ class SampleSet:
         shards = sorted(root.glob("shard-*.npz"))
         if not shards:
             raise ValueError(f"{root}: no shard-*.npz files; expected the output of `hdit sample`")
+        check_set(root, shards)  # a complete set or nothing: a grid never shows a killed sampler's first shards
         labels, shard_of, offset = [], [], []
         for k, shard in enumerate(shards):
             with np.load(shard) as z:
