@@ -199,11 +199,14 @@ def _truncate_log(path: Path, step: int) -> None:
 
 def _append_log(path: Path, row: dict) -> None:
     new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    try:
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+    except OSError as e:  # a full disk names the log, not a bare errno (a cut row is dropped on resume)
+        raise io.write_error(path, e) from None
 
 
 # ----------------------------------------------------------------------------- training

@@ -465,3 +465,13 @@ def test_workflow_quotes_every_path_it_puts_into_a_shell_command(tmp_path):
 
     assert load_stats(target)["n"] == 4 and (results / "logs/default/fid/reference-imagenet-16.log").is_file()
     assert not [p for p in root.iterdir() if p.name not in ("résultats 1", "dätä sets", "config.yaml", ".snakemake")]
+
+
+def test_a_failed_log_append_names_the_log(tmp_path):
+    """log.csv is appended, not replaced: its write failure must still name the file and the cause (exit 2)."""
+    from hdit.io import WriteError
+    from hdit.train import _append_log
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WriteError, match=r"cannot write .*file/log\.csv: not a directory"):
+        _append_log(tmp_path / "file" / "log.csv", {"step": 1, "loss": 1.0})
