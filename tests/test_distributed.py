@@ -231,6 +231,6 @@ def test_workflow_passes_grad_accum_per_run(tmp_path):
                                      text=True)
     good, bad = runs["{E: 2}"], runs["{Q: 2}"]
     assert good.returncode == 0, good.stdout + good.stderr
-    commands = {m[1]: m[2] for m in re.finditer(r"hdit train --config (\S+) .*?--grad-accum (\d+)", good.stdout)}
+    commands = {m[1]: m[2] for m in re.finditer(r"-- train --config (\S+) .*?--grad-accum (\d+)", good.stdout)}
     assert commands == {"E": "2", "D": "1"}
     assert bad.returncode != 0 and "train_grad_accum' names run 'Q'" in bad.stdout + bad.stderr
