@@ -305,6 +305,7 @@ def fake_results_tree(root, rows=("skip-concat", "skip-add", "skip-lerp")):
     conditional shapes row), sample shards, run logs."""
     import numpy as np
 
+    from hdit.integrity import write_set_record
     from hdit.io import save_npz, write_json, write_text
     from hdit.report.runs import training_run
 
@@ -319,7 +320,7 @@ def fake_results_tree(root, rows=("skip-concat", "skip-add", "skip-lerp")):
         samples = root / f"results/samples/default/{run}/seed0-cfg1.0-n{p.fid_samples}-steps{steps}"
         labels = np.arange(40) % 10
         save_npz(samples / "shard-00000.npz", images=np.full((40, 32, 32, 3), 40 * i, np.uint8), labels=labels)
-        write_json(samples / "meta.json", {"n": 40})
+        write_set_record(samples, {"n": 40}, 1)  # the set's record (meta.json with its shard list), written last
         write_json(root / f"results/runs/default/{run}/done.json", {"step": p.steps})
         write_text(root / f"results/runs/default/{run}/log.csv",
                    "step,loss,lr,img_per_s,elapsed_s\n10,0.5,0.001,9.0,1\n20,0.4,0.001,9.5,2\n")
