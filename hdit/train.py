@@ -458,14 +458,15 @@ class _Losses:
 
 def _save_checkpoint(s: Session, state: TrainStep, stream, step: int, elapsed: float) -> None:
     """Rank 0 writes; nothing in it is per rank (world_size records who wrote it, it binds no resume)."""
-    rundir.check_finite_weights(s.out, step, model=state.raw.state_dict(), ema=state.ema.state_dict())
+    model, ema = state.raw.state_dict(), state.ema.state_dict()
+    # every rank checks (the weights are the same on all), so a refusal never leaves the others at the barrier
+    rundir.check_finite_weights(s.out, step, model=model, ema=ema)
     if s.rank == 0:
         # the sampling weights first (hdit.rundir): a kill between the two writes leaves ema.pt one checkpoint
         # ahead of the resume state, never behind it
-        ema = state.ema.state_dict()
         identity = {"step": step, "config": s.run.to_dict(), "profile": s.profile}
         io.torch_save({"ema": ema, **identity}, s.out / rundir.EMA)
-        io.torch_save({"model": state.raw.state_dict(), "ema": ema, "opt": state.opt.state_dict(),
+        io.torch_save({"model": model, "ema": ema, "opt": state.opt.state_dict(),
                        "data": stream.state_dict(), "draws": DRAWS, "world_size": s.world_size,
                        "grad_accum": s.grad_accum, "elapsed_s": elapsed, **identity}, s.out / rundir.CHECKPOINT)
     if s.world_size > 1:
